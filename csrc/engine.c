@@ -1,0 +1,414 @@
+/*
+ * uidprobe engine.  See engine.h for the contract.
+ *
+ * Build-time macros (set by the build script after a compile-and-link test):
+ *   HAVE_GETRESUID HAVE_SETRESUID HAVE_GETRESGID HAVE_SETRESGID
+ *
+ * Rules for everything reachable from child_main(): only async-signal-safe
+ * calls (the set*id/get*id family, getgroups/setgroups, _exit) and plain
+ * stores into a shared mapping.  No
+ * malloc, no stdio, no Python: the caller may have had other threads holding
+ * locks at fork time, and the child inherits those locks held forever.
+ * Calls go through the C library, never raw syscalls: the C library's
+ * behaviour is what callers of seteuid() get, so that is what we measure.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1 // getresuid() and friends on glibc
+#endif
+
+#include "engine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+// How long the parent sleeps in poll() before checking with waitpid() whether
+// the child is gone.  EOF on the pipe is the normal signal, but another thread
+// that forks at the wrong moment can inherit the write end and delay EOF.
+#define UP_POLL_SLICE_MS 20
+
+// ---------------------------------------------------------------- child side
+
+// Perform one step; return the call's return value.
+static int do_step(const struct up_step *s)
+{
+    uid_t u0 = (uid_t)s->args[0], u1 = (uid_t)s->args[1], u2 = (uid_t)s->args[2];
+    gid_t g0 = (gid_t)s->args[0], g1 = (gid_t)s->args[1], g2 = (gid_t)s->args[2];
+
+    switch (s->op) {
+    case UP_OP_SETUID:
+        return setuid(u0);
+    case UP_OP_SETEUID:
+        return seteuid(u0);
+    case UP_OP_SETREUID:
+        return setreuid(u0, u1);
+    case UP_OP_SETRESUID:
+#ifdef HAVE_SETRESUID
+        return setresuid(u0, u1, u2);
+#else
+        (void)u2;
+        errno = ENOSYS;
+        return -1;
+#endif
+    case UP_OP_SETGID:
+        return setgid(g0);
+    case UP_OP_SETEGID:
+        return setegid(g0);
+    case UP_OP_SETREGID:
+        return setregid(g0, g1);
+    case UP_OP_SETRESGID:
+#ifdef HAVE_SETRESGID
+        return setresgid(g0, g1, g2);
+#else
+        (void)g2;
+        errno = ENOSYS;
+        return -1;
+#endif
+    case UP_OP_SETGROUPS: {
+        gid_t list[UP_MAX_ARGS];
+        int n = s->nargs;
+        if (n < 0 || n > UP_MAX_ARGS) {
+            errno = EINVAL;
+            return -1;
+        }
+        for (int i = 0; i < n; i++)
+            list[i] = (gid_t)s->args[i];
+        return setgroups((size_t)n, list);
+    }
+    default:
+        errno = EINVAL;
+        return -1;
+    }
+}
+
+// Read every id back into the record.  The saved ids need getresuid(); where
+// the C library lacks it they are reported as UP_ID_UNKNOWN and Python infers
+// them from behaviour instead.
+static void read_ids(struct up_record *r)
+{
+#ifdef HAVE_GETRESUID
+    uid_t ru, eu, su;
+    if (getresuid(&ru, &eu, &su) == 0) {
+        r->uid[0] = ru; r->uid[1] = eu; r->uid[2] = su;
+    } else {
+        r->uid[0] = getuid(); r->uid[1] = geteuid(); r->uid[2] = UP_ID_UNKNOWN;
+    }
+#else
+    r->uid[0] = getuid(); r->uid[1] = geteuid(); r->uid[2] = UP_ID_UNKNOWN;
+#endif
+#ifdef HAVE_GETRESGID
+    gid_t rg, eg, sg;
+    if (getresgid(&rg, &eg, &sg) == 0) {
+        r->gid[0] = rg; r->gid[1] = eg; r->gid[2] = sg;
+    } else {
+        r->gid[0] = getgid(); r->gid[1] = getegid(); r->gid[2] = UP_ID_UNKNOWN;
+    }
+#else
+    r->gid[0] = getgid(); r->gid[1] = getegid(); r->gid[2] = UP_ID_UNKNOWN;
+#endif
+    gid_t groups[UP_MAX_GROUPS];
+    int n = getgroups(UP_MAX_GROUPS, groups);
+    if (n < 0 && errno == EINVAL)
+        n = getgroups(0, groups); // more than we keep: record the count only
+    r->ngroups = n;
+    for (int i = 0; i < n && i < UP_MAX_GROUPS; i++)
+        r->groups[i] = groups[i];
+}
+
+// Records live in a MAP_SHARED anonymous mapping: the child stores them with
+// plain memory writes (no syscall, no wake-up of the parent per step) and
+// they survive the child crashing half-way.  `count` is bumped only after a
+// record is complete, so the parent never reads a half-written one.
+struct up_shared {
+    volatile int count;
+    volatile int completed;
+    struct up_record records[UP_MAX_STEPS];
+};
+
+static void clear_record(struct up_record *r)
+{
+    // A plain loop, not memset: keep the child's call list obvious.
+    unsigned char *p = (unsigned char *)r;
+    for (size_t i = 0; i < sizeof *r; i++)
+        p[i] = 0;
+}
+
+// The whole life of the child.  Never returns.  Its only link to the parent
+// besides `sh` is the pipe's write end, which closes when it exits.
+static void child_main(const struct up_step *steps, int nsteps, struct up_shared *sh)
+{
+    for (int i = 0; i < nsteps; i++) {
+        struct up_record *rec = &sh->records[i];
+        clear_record(rec);
+        rec->index = i;
+        rec->op = steps[i].op;
+        errno = 0;
+        rec->ret = do_step(&steps[i]);
+        rec->err = rec->ret == -1 ? errno : 0;
+        read_ids(rec);
+        __sync_synchronize();
+        sh->count = i + 1;
+    }
+    __sync_synchronize();
+    sh->completed = 1;
+    _exit(0);
+}
+
+// --------------------------------------------------------------- parent side
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int pipe_cloexec(int fds[2])
+{
+#ifdef __linux__
+    return pipe2(fds, O_CLOEXEC);
+#else
+    if (pipe(fds) != 0)
+        return -1;
+    // Not atomic with pipe(); a concurrent fork+exec elsewhere may inherit the
+    // fds.  The END marker and the waitpid() polling cope with that.
+    fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    return 0;
+#endif
+}
+
+static void close_retry(int fd)
+{
+    // Never retry close() on EINTR (Linux releases the fd anyway).
+    (void)close(fd);
+}
+
+static void fail(struct up_outcome *out, const char *call, int err)
+{
+    out->error = err;
+    out->failed_call = call;
+}
+
+static void note_status(struct up_outcome *out, int status)
+{
+    if (WIFEXITED(status)) {
+        out->exited = 1;
+        out->exit_code = WEXITSTATUS(status);
+    } else if (WIFSIGNALED(status)) {
+        out->signaled = 1;
+        out->signal = WTERMSIG(status);
+    }
+}
+
+// Non-blocking check for the child's end.  Returns 1 when it is gone (its
+// status noted when we could collect it), 0 while it still runs.
+static int child_gone(pid_t pid, struct up_outcome *out, int *reaped)
+{
+    int status;
+    pid_t r;
+    do
+        r = waitpid(pid, &status, WNOHANG);
+    while (r < 0 && errno == EINTR);
+    if (r == pid) {
+        note_status(out, status);
+        *reaped = 1;
+        return 1;
+    }
+    if (r < 0) {
+        // ECHILD: SIGCHLD is ignored (the kernel reaped it) or the
+        // application's own handler did.  Gone, status unknown.
+        out->wait_errno = errno;
+        *reaped = 1;
+        return 1;
+    }
+    return 0;
+}
+
+// Blocking reap; retries EINTR.
+static void reap(pid_t pid, struct up_outcome *out)
+{
+    int status;
+    pid_t r;
+    do
+        r = waitpid(pid, &status, 0);
+    while (r < 0 && errno == EINTR);
+    if (r == pid)
+        note_status(out, status);
+    else
+        out->wait_errno = errno;
+}
+
+// Fork one child for `steps`, wait for it (at most timeout_ms), reap it.
+static int run_one(struct up_shared *sh, const struct up_step *steps, int nsteps,
+                   int timeout_ms, struct up_outcome *out)
+{
+    int fds[2];
+    sigset_t all, old;
+    pid_t pid;
+    int reaped = 0;
+
+    sh->count = 0;
+    sh->completed = 0;
+    if (pipe_cloexec(fds) != 0) {
+        fail(out, "pipe", errno);
+        return -1;
+    }
+    // The child must never run a signal handler of the caller's (Python's
+    // handler writes to the application's wakeup fd).  Fork with every
+    // signal blocked and leave them blocked in the child; SIGKILL still ends
+    // it, and a genuine crash is delivered regardless of the mask.
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pid = fork();
+    if (pid == 0) {
+        close_retry(fds[0]);
+        child_main(steps, nsteps, sh);
+    }
+    int fork_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    close_retry(fds[1]);
+    if (pid < 0) {
+        close_retry(fds[0]);
+        fail(out, "fork", fork_errno);
+        return -1;
+    }
+
+    // Wait for EOF on the pipe: the child has exited.  Poll in slices so that
+    // a write end inherited by some other process (a thread of the caller
+    // forking at the wrong moment) cannot stall us past the child's exit.
+    long long deadline = now_ms() + timeout_ms;
+    for (;;) {
+        long long left = deadline - now_ms();
+        if (left <= 0) {
+            // Only signal a child we have not reaped: its pid is still ours.
+            if (!child_gone(pid, out, &reaped)) {
+                kill(pid, SIGKILL);
+                out->timed_out = 1;
+            }
+            break;
+        }
+        struct pollfd p = {.fd = fds[0], .events = POLLIN};
+        int r = poll(&p, 1, left < UP_POLL_SLICE_MS ? (int)left : UP_POLL_SLICE_MS);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            fail(out, "poll", errno);
+            if (!child_gone(pid, out, &reaped))
+                kill(pid, SIGKILL);
+            break;
+        }
+        if (r > 0)
+            break; // EOF (the child writes nothing): it has exited
+        if (child_gone(pid, out, &reaped))
+            break;
+    }
+    close_retry(fds[0]);
+    if (!reaped)
+        reap(pid, out);
+
+    // Reaping orders the child's stores before our loads.
+    __sync_synchronize();
+    int n = sh->count;
+    if (n < 0 || n > nsteps)
+        n = 0; // cannot happen unless the child scribbled: trust nothing
+    out->completed = sh->completed && n == nsteps;
+    return out->error ? -1 : 0;
+}
+
+static struct up_shared *map_shared(struct up_outcome *out)
+{
+    void *p = mmap(NULL, sizeof(struct up_shared), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        fail(out, "mmap", errno);
+        return NULL;
+    }
+    return p;
+}
+
+static void copy_records(const struct up_shared *sh, int nsteps,
+                         struct up_record *records, int maxrecords,
+                         struct up_outcome *out)
+{
+    int n = sh->count;
+    if (n < 0 || n > nsteps)
+        n = 0;
+    for (int i = 0; i < n && i < maxrecords; i++)
+        records[out->nrecords++] = sh->records[i];
+}
+
+int up_run(const struct up_step *steps, int nsteps,
+           struct up_record *records, int maxrecords,
+           int timeout_ms, struct up_outcome *out)
+{
+    memset(out, 0, sizeof *out);
+    if (nsteps < 0 || nsteps > UP_MAX_STEPS || timeout_ms <= 0) {
+        fail(out, "up_run", EINVAL);
+        return -1;
+    }
+    struct up_shared *sh = map_shared(out);
+    if (sh == NULL)
+        return -1;
+    int rc = run_one(sh, steps, nsteps, timeout_ms, out);
+    copy_records(sh, nsteps, records, maxrecords, out);
+    munmap(sh, sizeof *sh);
+    return rc;
+}
+
+int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
+                 struct up_record *records, struct up_outcome *outcomes,
+                 int timeout_ms)
+{
+    const struct up_step *s = steps;
+    int rc = 0;
+    for (int i = 0; i < nscenarios; i++)
+        memset(&outcomes[i], 0, sizeof outcomes[i]);
+    if (nscenarios <= 0)
+        return 0;
+    // One mapping for the whole batch: mmap per child would double the cost
+    // of small probes.
+    struct up_shared *sh = map_shared(&outcomes[0]);
+    if (sh == NULL)
+        return -1;
+    for (int i = 0; i < nscenarios && rc == 0; i++) {
+        if (counts[i] < 0 || counts[i] > UP_MAX_STEPS || timeout_ms <= 0) {
+            fail(&outcomes[i], "up_run_batch", EINVAL);
+            rc = -1;
+            break;
+        }
+        rc = run_one(sh, s, counts[i], timeout_ms, &outcomes[i]);
+        copy_records(sh, counts[i], records + (size_t)i * UP_MAX_STEPS, UP_MAX_STEPS,
+                     &outcomes[i]);
+        s += counts[i];
+    }
+    munmap(sh, sizeof *sh);
+    return rc;
+}
+
+int up_features(void)
+{
+    int f = 0;
+#ifdef HAVE_GETRESUID
+    f |= UP_HAVE_GETRESUID;
+#endif
+#ifdef HAVE_SETRESUID
+    f |= UP_HAVE_SETRESUID;
+#endif
+#ifdef HAVE_GETRESGID
+    f |= UP_HAVE_GETRESGID;
+#endif
+#ifdef HAVE_SETRESGID
+    f |= UP_HAVE_SETRESGID;
+#endif
+    return f;
+}

@@ -1,0 +1,272 @@
+"""Typed face of the C engine (``uidprobe._engine``).
+
+The engine forks a child per step list; the child performs the steps and
+reads every id back, the parent collects that trace.  This module only moves
+data between Python and C: it knows nothing about what a trace means (that is
+``verdicts``) or which steps to run (that is ``scenarios``).
+
+The compiled module is loaded on first use, never at import, so that reading
+a persisted verdict (``uidprobe.config``) loads no C extension and forks
+nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno as errno_mod
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
+
+__all__ = [
+    "MAX_ARGS",
+    "MAX_STEPS",
+    "EngineError",
+    "Features",
+    "Op",
+    "Outcome",
+    "Record",
+    "Step",
+    "features",
+    "run",
+    "run_batch",
+]
+
+#: Limits fixed by csrc/engine.h (checked against the compiled module in tests).
+MAX_ARGS = 8
+MAX_STEPS = 64
+DEFAULT_TIMEOUT = 2.0
+
+Ids = Tuple[int, int, Optional[int]]
+
+
+class Op(enum.IntEnum):
+    """The calls a step can make; values match ``UP_OP_*`` in csrc/engine.h."""
+
+    SETUID = 1
+    SETEUID = 2
+    SETREUID = 3
+    SETRESUID = 4
+    SETGID = 5
+    SETEGID = 6
+    SETREGID = 7
+    SETRESGID = 8
+    SETGROUPS = 9
+
+    @property
+    def call(self) -> str:
+        """The C function's name, e.g. ``"seteuid"``."""
+        return self.name.lower()
+
+    @property
+    def family(self) -> str:
+        """``"uid"``, ``"gid"`` or ``"groups"``: which ids the call changes."""
+        if self is Op.SETGROUPS:
+            return "groups"
+        return "uid" if self.name.endswith("UID") else "gid"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One call: ``op(*args)``; for setgroups, ``args`` is the group list."""
+
+    op: Op
+    args: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.args) > MAX_ARGS:
+            raise ValueError(f"{self.op.call}: at most {MAX_ARGS} arguments")
+        for a in self.args:
+            if not -1 <= a <= 0xFFFFFFFF:
+                raise ValueError(f"{self.op.call}: id {a} out of range")
+
+    def __str__(self) -> str:
+        if self.op is Op.SETGROUPS:
+            return f"setgroups([{', '.join(map(str, self.args))}])"
+        return f"{self.op.call}({', '.join(map(str, self.args))})"
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the child saw after one step: the call's result and every id.
+
+    ``uids`` and ``gids`` are (real, effective, saved); saved is ``None`` when
+    the C library cannot report it (no getresuid).
+    """
+
+    step: Step
+    ret: int
+    errno: int
+    uids: Ids
+    gids: Ids
+    groups: tuple[int, ...] | None  # None: too many to record, or getgroups failed
+
+    @property
+    def ok(self) -> bool:
+        return self.ret == 0
+
+    def describe_result(self) -> str:
+        """``"ok"`` or ``"failed: EPERM"``."""
+        if self.ok:
+            return "ok"
+        name = errno_mod.errorcode.get(self.errno, str(self.errno))
+        return f"failed: {name}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one child ended, and the records it sent before that."""
+
+    records: tuple[Record, ...]
+    completed: bool  # every step ran and was reported
+    timed_out: bool
+    exit_code: int | None
+    signal: int | None
+    status_known: bool
+
+    def describe_end(self) -> str:
+        """A short phrase for a child that did not complete, for reasons."""
+        done = f"after {len(self.records)} step(s)"
+        if self.timed_out:
+            return f"probe child timed out {done} and was killed"
+        if self.signal is not None:
+            try:
+                name = signal.Signals(self.signal).name
+            except ValueError:
+                name = f"signal {self.signal}"
+            return f"probe child was killed by {name} {done}"
+        if self.exit_code is not None:
+            return f"probe child exited with status {self.exit_code} {done}"
+        return f"probe child ended {done} without finishing (exit status unavailable)"
+
+
+@dataclass(frozen=True)
+class Features:
+    """Optional C library calls found when the engine was built."""
+
+    getresuid: bool
+    setresuid: bool
+    getresgid: bool
+    setresgid: bool
+
+
+class EngineError(OSError):
+    """The parent could not run a child at all (pipe or fork failed)."""
+
+
+def _load(module: Any = None) -> tuple[Any, Any]:
+    """(ffi, lib) of ``module``, or of the installed engine, loaded now."""
+    if module is None:
+        from uidprobe import _engine  # deferred: import uidprobe must stay cheap
+
+        module = _engine
+    return module.ffi, module.lib
+
+
+def features(module: Any = None) -> Features:
+    """Which optional calls the compiled engine can make."""
+    _, lib = _load(module)
+    f = lib.up_features()
+    return Features(
+        getresuid=bool(f & lib.UP_HAVE_GETRESUID),
+        setresuid=bool(f & lib.UP_HAVE_SETRESUID),
+        getresgid=bool(f & lib.UP_HAVE_GETRESGID),
+        setresgid=bool(f & lib.UP_HAVE_SETRESGID),
+    )
+
+
+def _ids(raw: Any, unknown: int) -> Ids:
+    saved = int(raw[2])
+    return (int(raw[0]), int(raw[1]), None if saved == unknown else saved)
+
+
+def _fill_steps(ffi: Any, steps: Sequence[Step]) -> Any:
+    c_steps = ffi.new("struct up_step[]", max(len(steps), 1))
+    for c, step in zip(c_steps, steps):
+        c.op = int(step.op)
+        c.nargs = len(step.args)
+        for i, a in enumerate(step.args):
+            c.args[i] = a
+    return c_steps
+
+
+def _outcome(ffi: Any, lib: Any, steps: Sequence[Step], c_records: Any, c_out: Any) -> Outcome:
+    if c_out.error:
+        call = ffi.string(c_out.failed_call).decode() if c_out.failed_call else "engine"
+        raise EngineError(c_out.error, f"{call}: {os.strerror(c_out.error)}")
+    records = []
+    for i in range(c_out.nrecords):
+        r = c_records[i]
+        if not 0 <= r.index < len(steps):
+            break  # defensive: a record we did not ask for ends the trace
+        n = r.ngroups
+        groups = tuple(int(r.groups[j]) for j in range(n)) if 0 <= n <= lib.UP_MAX_GROUPS else None
+        records.append(
+            Record(
+                step=steps[r.index],
+                ret=r.ret,
+                errno=r.err,
+                uids=_ids(r.uid, lib.UP_ID_UNKNOWN),
+                gids=_ids(r.gid, lib.UP_ID_UNKNOWN),
+                groups=groups,
+            )
+        )
+    return Outcome(
+        records=tuple(records),
+        completed=bool(c_out.completed) and len(records) == len(steps),
+        timed_out=bool(c_out.timed_out),
+        exit_code=c_out.exit_code if c_out.exited else None,
+        signal=c_out.signal if c_out.signaled else None,
+        status_known=bool(c_out.exited or c_out.signaled),
+    )
+
+
+def _timeout_ms(timeout: float) -> int:
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, not {timeout!r}")
+    return max(1, int(timeout * 1000))
+
+
+def run(steps: Sequence[Step], timeout: float = DEFAULT_TIMEOUT, module: Any = None) -> Outcome:
+    """Run ``steps`` in one forked child and return its trace.
+
+    The child is killed after ``timeout`` seconds.  Raises EngineError only
+    when no child could be started; anything the child does (fail, crash,
+    hang) is reported in the Outcome.  ``module`` selects another build of
+    the engine (tests use one built without getresuid).
+    """
+    if len(steps) > MAX_STEPS:
+        raise ValueError(f"at most {MAX_STEPS} steps per child, got {len(steps)}")
+    ffi, lib = _load(module)
+    c_steps = _fill_steps(ffi, steps)
+    c_records = ffi.new("struct up_record[]", MAX_STEPS)
+    c_out = ffi.new("struct up_outcome *")
+    lib.up_run(c_steps, len(steps), c_records, MAX_STEPS, _timeout_ms(timeout), c_out)
+    return _outcome(ffi, lib, steps, c_records, c_out)
+
+
+def run_batch(
+    scenarios: Sequence[Sequence[Step]], timeout: float = DEFAULT_TIMEOUT, module: Any = None
+) -> list[Outcome]:
+    """Run each step list in its own child, back to back, in one C call.
+
+    Same results as ``[run(s) for s in scenarios]`` with one trip into C, which
+    matters when there are thousands of them (the transition model).
+    """
+    for s in scenarios:
+        if len(s) > MAX_STEPS:
+            raise ValueError(f"at most {MAX_STEPS} steps per child, got {len(s)}")
+    ffi, lib = _load(module)
+    flat = [step for s in scenarios for step in s]
+    c_steps = _fill_steps(ffi, flat)
+    counts = ffi.new("int[]", [len(s) for s in scenarios] or [0])
+    n = len(scenarios)
+    c_records = ffi.new("struct up_record[]", max(n, 1) * MAX_STEPS)
+    c_outs = ffi.new("struct up_outcome[]", max(n, 1))
+    lib.up_run_batch(c_steps, counts, n, c_records, c_outs, _timeout_ms(timeout))
+    results = []
+    for i, s in enumerate(scenarios):
+        records = c_records + i * MAX_STEPS
+        results.append(_outcome(ffi, lib, s, records, c_outs[i]))
+    return results

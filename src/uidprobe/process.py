@@ -1,0 +1,191 @@
+"""What this process may do: its privilege and the ids it can switch to.
+
+A probe is only meaningful when the child can really establish the start
+state (real U, effective 0, saved 0).  These checks run in the parent, before
+any fork, so that "this process could not test" is reported with a reason
+that names the cause, and never confused with "the platform is broken".
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from uidprobe.scenarios import IdSet
+
+__all__ = [
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "DEFAULT_IDS",
+    "IdMap",
+    "ProcessState",
+    "choose_ids",
+    "read_state",
+]
+
+CAP_SETGID = 6
+CAP_SETUID = 7
+#: Preferred U, A, B (sendmail's test programs used 1 and 2).  In a user
+#: namespace where they are not mapped, other mapped ids are chosen.
+DEFAULT_IDS = (1, 2, 3)
+MAX_ID = 0xFFFFFFFE  # (uid_t)-1 means "unchanged" and is never an id
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """One of /proc/self/uid_map or gid_map: (inside, outside, count) ranges."""
+
+    path: str
+    ranges: tuple[tuple[int, int, int], ...]
+
+    def contains(self, i: int) -> bool:
+        return any(start <= i < start + count for start, _, count in self.ranges)
+
+    def describe(self) -> str:
+        body = "; ".join(f"{a} {b} {c}" for a, b, c in self.ranges) or "empty"
+        return f"{self.path} ({body})"
+
+    @property
+    def is_full(self) -> bool:
+        return self.ranges == ((0, 0, 4294967295),)
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    """Privilege-related facts about this process, read without side effects."""
+
+    euid: int
+    cap_setuid: bool
+    cap_setgid: bool
+    caps_known: bool  # False off Linux: privilege is then "euid is 0"
+    uid_map: IdMap | None
+    gid_map: IdMap | None
+    setgroups_allowed: bool
+    overflow_ids: frozenset[int] = field(default_factory=frozenset)
+
+    def cannot_switch(self, family: str) -> str | None:
+        """Why this process cannot establish the start state, or None."""
+        need = [("CAP_SETUID", self.cap_setuid)]
+        if family != "uid":
+            need.append(("CAP_SETGID", self.cap_setgid))
+        missing = [name for name, have in need if not have]
+        if not missing:
+            return None
+        what = " and ".join(missing)
+        if not self.caps_known:
+            return f"this process cannot test: it is not root (euid {self.euid}); run it as root"
+        if self.euid == 0:
+            return (
+                f"this process cannot test: it runs as root but without {what} in its effective "
+                "capability set (removed by a container runtime or a bounding set?)"
+            )
+        return (
+            f"this process cannot test: it is not root (euid {self.euid}) and lacks {what}; "
+            "run it as root"
+        )
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _parse_map(path: str) -> IdMap | None:
+    text = _read(path)
+    if text is None:
+        return None
+    ranges = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            ranges.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    return IdMap(path, tuple(ranges))
+
+
+def _effective_caps() -> int | None:
+    status = _read("/proc/self/status")
+    if status is None:
+        return None
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return None
+
+
+def _overflow_ids() -> frozenset[int]:
+    ids = set()
+    for path in ("/proc/sys/kernel/overflowuid", "/proc/sys/kernel/overflowgid"):
+        text = _read(path)
+        if text and text.strip().isdigit():
+            ids.add(int(text))
+    return frozenset(ids)
+
+
+def read_state(proc: str = "/proc/self") -> ProcessState:
+    """The current process's privilege facts (Linux: from /proc)."""
+    euid = os.geteuid()
+    caps = _effective_caps() if sys.platform.startswith("linux") else None
+    caps_known = caps is not None
+    setgroups_text = _read(f"{proc}/setgroups")
+    return ProcessState(
+        euid=euid,
+        cap_setuid=bool(caps >> CAP_SETUID & 1) if caps is not None else euid == 0,
+        cap_setgid=bool(caps >> CAP_SETGID & 1) if caps is not None else euid == 0,
+        caps_known=caps_known,
+        uid_map=_parse_map(f"{proc}/uid_map"),
+        gid_map=_parse_map(f"{proc}/gid_map"),
+        setgroups_allowed=setgroups_text is None or setgroups_text.strip() != "deny",
+        overflow_ids=_overflow_ids(),
+    )
+
+
+def validate_ids(ids: tuple[int, int, int], kind: str) -> None:
+    """Reject id triples that cannot mean three distinct ordinary users."""
+    if len(ids) != 3:
+        raise ValueError(f"{kind}s: need exactly three ids (U, A, B), got {len(ids)}")
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"{kind}s: ids must be integers, got {i!r}")
+        if not 1 <= i <= MAX_ID:
+            raise ValueError(f"{kind}s: {i} is not a usable id (must be 1..{MAX_ID}; 0 is root)")
+    if len(set(ids)) != 3:
+        raise ValueError(f"{kind}s: the three ids must differ, got {ids}")
+
+
+def choose_ids(
+    idmap: IdMap | None,
+    kind: str,
+    requested: Optional[tuple[int, int, int]] = None,
+    overflow: frozenset[int] = frozenset(),
+) -> IdSet | str:
+    """Three switchable ids (U, A, B), or the reason there are none.
+
+    Without a map (not Linux) every id is assumed switchable.  In a user
+    namespace only mapped ids can be switched to (others give EINVAL), so
+    those are chosen, preferring DEFAULT_IDS.
+    """
+    if requested is not None:
+        validate_ids(requested, kind)
+        if idmap is not None:
+            unmapped = [i for i in requested if not idmap.contains(i)]
+            if unmapped:
+                return f"{kind} {unmapped[0]} is not mapped in {idmap.describe()}"
+        return IdSet(*requested)
+    if idmap is None or all(idmap.contains(i) for i in DEFAULT_IDS):
+        return IdSet(*DEFAULT_IDS)
+    found: list[int] = []
+    for start, _, count in idmap.ranges:
+        for i in range(max(start, 1), min(start + count, MAX_ID + 1)):
+            if i not in overflow and i not in found:
+                found.append(i)
+            if len(found) == 3:
+                return IdSet(*found)
+    return (
+        f"only {len(found)} non-root {kind}(s) mapped in {idmap.describe()}; "
+        "the probes need three to switch between"
+    )

@@ -1,0 +1,108 @@
+"""Running the probes: preconditions, plans, one child per scenario, verdicts.
+
+Data flows one way: scenario (data) -> plan (concrete ids) -> engine (fork,
+run, trace) -> verdict.  Nothing here changes the calling process's ids: the
+only set*id calls are made by the engine's children.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+from uidprobe import engine, scenarios, verdicts
+from uidprobe.process import ProcessState, choose_ids, read_state, validate_ids
+from uidprobe.scenarios import IdSet, Plan, Scenario
+from uidprobe.verdicts import Result
+
+__all__ = ["DECLARED", "NAMES", "run"]
+
+#: Shown beside USESETEUID: what the system *says* about saved ids.
+DECLARED = "POSIX_SAVED_IDS"
+NAMES: tuple[str, ...] = (*(s.name for s in scenarios.SCENARIOS), DECLARED)
+
+_NEEDS_TEXT = "{call}() is not provided by this C library (found missing when uidprobe's engine was built)"
+
+
+def declared_saved_ids() -> Result:
+    """POSIX_SAVED_IDS from sysconf: a declaration, not an observation."""
+    meaning = "sysconf(_SC_SAVED_IDS) declares saved set-user-IDs (POSIX_SAVED_IDS)"
+    try:
+        value = os.sysconf("SC_SAVED_IDS")
+    except (ValueError, OSError):
+        return Result(DECLARED, None, "sysconf(_SC_SAVED_IDS) is not available here", (), meaning, "declared")
+    verdict = value > 0 if value != -1 else None
+    reason = f"declared by sysconf(_SC_SAVED_IDS) = {value}; compare with USESETEUID, which is observed"
+    return Result(DECLARED, verdict, reason, (), meaning, "declared")
+
+
+def _precondition(
+    sc: Scenario, state: ProcessState, uids: IdSet | str, gids: IdSet | str
+) -> str | None:
+    """Why ``sc`` cannot run in this process, or None."""
+    why = state.cannot_switch(sc.family)
+    if why:
+        return why
+    if isinstance(uids, str):
+        return f"this process cannot test: {uids}"
+    if sc.family != "uid" and isinstance(gids, str):
+        return f"this process cannot test: {gids}"
+    if sc.needs_groups and not state.setgroups_allowed:
+        return "this process cannot test: setgroups is denied here (/proc/self/setgroups says deny)"
+    return None
+
+
+def run(
+    names: Sequence[str] | None = None,
+    *,
+    uids: Optional[tuple[int, int, int]] = None,
+    gids: Optional[tuple[int, int, int]] = None,
+    timeout: float = engine.DEFAULT_TIMEOUT,
+    module: Any = None,
+) -> dict[str, Result]:
+    """Verdicts for ``names`` (all when None), in the order of NAMES.
+
+    ``uids``/``gids`` are (U, A, B) to use instead of the defaults;
+    ``module`` is another build of the engine (tests use one built without
+    getresuid).
+    """
+    wanted = list(NAMES) if names is None else list(dict.fromkeys(names))
+    for n in wanted:
+        if n != DECLARED:
+            scenarios.by_name(n)  # ValueError naming the known probes
+    if uids is not None:
+        validate_ids(uids, "uid")
+    if gids is not None:
+        validate_ids(gids, "gid")
+
+    state = read_state()
+    uid_set = choose_ids(state.uid_map, "uid", uids, state.overflow_ids)
+    gid_set = choose_ids(state.gid_map, "gid", gids, state.overflow_ids)
+
+    results: dict[str, Result] = {}
+    plans: list[Plan] = []
+    feats: engine.Features | None = None
+    for name in wanted:
+        if name == DECLARED:
+            continue
+        sc = scenarios.by_name(name)
+        why = _precondition(sc, state, uid_set, gid_set)
+        if why:
+            results[name] = verdicts.not_run(name, sc.meaning, None, why)
+            continue
+        feats = feats or engine.features(module)
+        missing = [n for n in sc.needs if not getattr(feats, n)]
+        if missing:
+            results[name] = verdicts.not_run(name, sc.meaning, False, _NEEDS_TEXT.format(call=missing[0]))
+            continue
+        assert isinstance(uid_set, IdSet)
+        g = gid_set if isinstance(gid_set, IdSet) else uid_set  # uid probes do not use gids
+        plans.append(scenarios.plan(sc, uid_set, g, feats))
+
+    if plans:
+        outcomes = engine.run_batch([p.engine_steps for p in plans], timeout, module)
+        for p, o in zip(plans, outcomes):
+            results[p.scenario.name] = verdicts.evaluate(p, o)
+    if DECLARED in wanted:
+        results[DECLARED] = declared_saved_ids()
+    return {n: results[n] for n in wanted}

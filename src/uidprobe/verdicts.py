@@ -1,0 +1,174 @@
+"""Turning a trace into a verdict.
+
+A verdict is True only when every planned call ran in the child and every id
+read back after it is what the scenario requires.  It is False when the
+platform itself misbehaved: a checked call did the wrong thing while the
+start state was established.  It is None (undetermined) when this process
+could not test: no privilege, unmapped ids, a refused start state, a child
+that crashed or hung.  "Broken" and "could not test" are never confused.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Optional
+
+from uidprobe.engine import Outcome, Record, Step
+from uidprobe.scenarios import Plan, PlannedStep, Role
+
+__all__ = ["Result", "TraceLine", "evaluate", "not_run"]
+
+Expected = Optional[tuple[Optional[int], Optional[int], Optional[int]]]
+
+
+@dataclass(frozen=True)
+class TraceLine:
+    """One call of a probe: what was required and what the child saw."""
+
+    step: Step
+    role: str
+    expect_ok: bool
+    expect_uids: Expected
+    expect_gids: Expected
+    expect_groups: tuple[int, ...] | None
+    record: Record | None  # None: the child never reported this step
+    mismatch: str | None  # why the observation broke the requirement
+
+    def describe(self) -> str:
+        """``after seteuid(2): should be real 1 / effective 2 / saved 0, is ...``."""
+        parts = []
+        for label, exp, got in (
+            ("uid", self.expect_uids, self.record and self.record.uids),
+            ("gid", self.expect_gids, self.record and self.record.gids),
+        ):
+            if exp is not None:
+                parts.append(f"{label} should be {_fmt(exp)}" + (f", is {_fmt(got)}" if got else ""))
+        if self.expect_groups is not None:
+            got_groups = self.record.groups if self.record else None
+            parts.append(
+                f"groups should be {list(self.expect_groups)}"
+                + (f", are {list(got_groups)}" if got_groups is not None else "")
+            )
+        result = "not reached" if self.record is None else self.record.describe_result()
+        want = "must succeed" if self.expect_ok else "must fail"
+        verdict = f"  <-- {self.mismatch}" if self.mismatch else ""
+        return f"{self.step} [{self.role}, {want}]: {result}; " + "; ".join(parts) + verdict
+
+
+@dataclass(frozen=True)
+class Result:
+    """The verdict of one probe.
+
+    ``verdict`` is True (the mechanism works here), False (it does not), or
+    None (undetermined: this process could not test; see ``reason``).
+    ``value`` is what a C program would ``#define``: 1 only for True.
+    """
+
+    name: str
+    verdict: bool | None
+    reason: str
+    trace: tuple[TraceLine, ...] = ()
+    meaning: str = ""
+    kind: str = "observed"  # or "declared" (what sysconf says, not a test)
+
+    @property
+    def value(self) -> int:
+        return 1 if self.verdict is True else 0
+
+    @property
+    def verdict_word(self) -> str:
+        return {True: "yes", False: "no", None: "undetermined"}[self.verdict]
+
+
+def _fmt(t: tuple[int | None, int | None, int | None]) -> str:
+    names = ("real", "effective", "saved")
+    return " / ".join(f"{n} {'?' if v is None else v}" for n, v in zip(names, t))
+
+
+def _compare(
+    what: str, expected: Expected, got: tuple[int, int, int | None]
+) -> tuple[str | None, bool]:
+    """(mismatch, inferred): inferred is True when saved could not be read."""
+    if expected is None:
+        return None, False
+    inferred = False
+    for name, e, g in zip(("real", "effective", "saved"), expected, got):
+        if e is None:
+            continue
+        if g is None:
+            inferred = True  # no getresuid: the later calls' behaviour decides
+            continue
+        if e != g:
+            return f"{name} {what} is {g}, should be {e}", inferred
+    return None, inferred
+
+
+def _mismatch(p: PlannedStep, r: Record) -> tuple[str | None, bool]:
+    if p.ok and not r.ok:
+        return f"{p.step} {r.describe_result()}", False
+    if not p.ok and r.ok:
+        return f"{p.step} succeeded but must fail", False
+    m, inferred_u = _compare("uid", p.uids, r.uids)
+    if m:
+        return f"after {p.step}: {m}", inferred_u
+    m, inferred_g = _compare("gid", p.gids, r.gids)
+    if m:
+        return f"after {p.step}: {m}", inferred_g
+    if p.groups is not None and (r.groups is None or sorted(r.groups) != sorted(p.groups)):
+        return f"after {p.step}: groups are {r.groups}, should be {list(p.groups)}", False
+    return None, inferred_u or inferred_g
+
+
+def _privileged_refusal(p: PlannedStep, r: Record, before: Record | None) -> bool:
+    """A call refused with EPERM while the child had euid 0 (and so the
+    capabilities set*id needs): no set*id semantics say that, a security
+    policy (seccomp, an LSM) does.  That is "cannot test", not "broken"."""
+    return (
+        p.ok
+        and r.ret == -1
+        and r.errno == errno.EPERM
+        and before is not None
+        and before.uids[1] == 0
+    )
+
+
+def not_run(name: str, meaning: str, verdict: bool | None, reason: str) -> Result:
+    """A result decided before (or instead of) running a child."""
+    return Result(name, verdict, reason, (), meaning)
+
+
+def evaluate(plan: Plan, outcome: Outcome) -> Result:
+    """The verdict for ``plan`` from the child's ``outcome``."""
+    sc = plan.scenario
+    lines: list[TraceLine] = []
+    decided: tuple[bool | None, str] | None = None
+    inferred = False
+    before: Record | None = None
+    for i, p in enumerate(plan.steps):
+        r = outcome.records[i] if i < len(outcome.records) else None
+        mismatch = None
+        if r is not None and decided is None:
+            mismatch, inf = _mismatch(p, r)
+            inferred = inferred or inf
+            if mismatch and p.role == Role.SETUP:
+                decided = (None, f"could not establish the start state: {mismatch}")
+            elif mismatch and p.role == Role.AUX:
+                decided = (None, f"could not drop or regain the effective uid around the check: {mismatch}")
+            elif mismatch and _privileged_refusal(p, r, before):
+                decided = (None, f"refused while privileged, so a security policy blocks it: {mismatch}")
+            elif mismatch:
+                decided = (False, mismatch)
+        lines.append(
+            TraceLine(p.step, p.role, p.ok, p.uids, p.gids, p.groups, r, mismatch)
+        )
+        before = r
+    trace = tuple(lines)
+    if decided is None and not outcome.completed:
+        decided = (None, outcome.describe_end())
+    if decided is None:
+        reason = f"every call behaved as required: {sc.meaning}"
+        if inferred:
+            reason += " (saved ids not readable here: inferred from which calls succeeded)"
+        decided = (True, reason)
+    return Result(sc.name, decided[0], decided[1], trace, sc.meaning)
