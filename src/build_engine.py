@@ -71,8 +71,7 @@ def _links(body: str) -> bool:
     """True when a program calling ``body`` compiles and links here."""
     cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
     program = (
-        "#define _GNU_SOURCE 1\n#include <unistd.h>\n#include <sys/types.h>\n"
-        f"int main(void) {{ {body} }}\n"
+        f"#define _GNU_SOURCE 1\n#include <unistd.h>\n#include <sys/types.h>\nint main(void) {{ {body} }}\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
@@ -82,6 +81,7 @@ def _links(body: str) -> bool:
             result = subprocess.run(
                 [*cc, "-Werror=implicit-function-declaration", src, "-o", os.path.join(tmp, "probe")],
                 capture_output=True,
+                check=False,
             )
         except OSError:
             return False

@@ -14,7 +14,8 @@ Importing this package loads no C extension and forks nothing; probing does.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, overload
+from collections.abc import Mapping
+from typing import overload
 
 from uidprobe.verdicts import Result
 
@@ -42,8 +43,8 @@ def __getattr__(name: str) -> object:
 def probe(
     name: None = None,
     *,
-    uids: Optional[tuple[int, int, int]] = None,
-    gids: Optional[tuple[int, int, int]] = None,
+    uids: tuple[int, int, int] | None = None,
+    gids: tuple[int, int, int] | None = None,
     timeout: float = 2.0,
 ) -> Mapping[str, Result]: ...
 
@@ -52,17 +53,17 @@ def probe(
 def probe(
     name: str,
     *,
-    uids: Optional[tuple[int, int, int]] = None,
-    gids: Optional[tuple[int, int, int]] = None,
+    uids: tuple[int, int, int] | None = None,
+    gids: tuple[int, int, int] | None = None,
     timeout: float = 2.0,
 ) -> Result: ...
 
 
 def probe(
-    name: Optional[str] = None,
+    name: str | None = None,
     *,
-    uids: Optional[tuple[int, int, int]] = None,
-    gids: Optional[tuple[int, int, int]] = None,
+    uids: tuple[int, int, int] | None = None,
+    gids: tuple[int, int, int] | None = None,
     timeout: float = 2.0,
 ) -> Mapping[str, Result] | Result:
     """Run the probes now and return their results.

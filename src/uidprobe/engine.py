@@ -16,8 +16,9 @@ import enum
 import errno as errno_mod
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 __all__ = [
     "MAX_ARGS",
@@ -38,7 +39,7 @@ MAX_ARGS = 8
 MAX_STEPS = 64
 DEFAULT_TIMEOUT = 2.0
 
-Ids = Tuple[int, int, Optional[int]]
+Ids = tuple[int, int, Optional[int]]
 
 
 class Op(enum.IntEnum):

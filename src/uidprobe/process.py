@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 from uidprobe.scenarios import IdSet
 
@@ -81,10 +80,7 @@ class ProcessState:
                 f"this process cannot test: it runs as root but without {what} in its effective "
                 "capability set (removed by a container runtime or a bounding set?)"
             )
-        return (
-            f"this process cannot test: it is not root (euid {self.euid}) and lacks {what}; "
-            "run it as root"
-        )
+        return f"this process cannot test: it is not root (euid {self.euid}) and lacks {what}; run it as root"
 
 
 def _read(path: str) -> str | None:
@@ -160,7 +156,7 @@ def validate_ids(ids: tuple[int, int, int], kind: str) -> None:
 def choose_ids(
     idmap: IdMap | None,
     kind: str,
-    requested: Optional[tuple[int, int, int]] = None,
+    requested: tuple[int, int, int] | None = None,
     overflow: frozenset[int] = frozenset(),
 ) -> IdSet | str:
     """Three switchable ids (U, A, B), or the reason there are none.

@@ -12,7 +12,7 @@ Adding a probe is adding an entry to ``SCENARIOS``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 from uidprobe.engine import Features, Op, Step
 
@@ -20,13 +20,13 @@ __all__ = [
     "SCENARIOS",
     "A",
     "B",
-    "U",
     "Call",
     "IdSet",
     "Plan",
     "PlannedStep",
     "Role",
     "Scenario",
+    "U",
     "by_name",
     "plan",
 ]
@@ -36,7 +36,7 @@ U = "U"
 A = "A"
 B = "B"
 Sym = Union[int, str]
-Triple = Tuple[Optional[Sym], Optional[Sym], Optional[Sym]]  # None: not checked
+Triple = tuple[Optional[Sym], Optional[Sym], Optional[Sym]]  # None: not checked
 
 
 class Role:

@@ -8,7 +8,8 @@ only set*id calls are made by the engine's children.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from uidprobe import engine, scenarios, verdicts
 from uidprobe.process import ProcessState, choose_ids, read_state, validate_ids
@@ -36,9 +37,7 @@ def declared_saved_ids() -> Result:
     return Result(DECLARED, verdict, reason, (), meaning, "declared")
 
 
-def _precondition(
-    sc: Scenario, state: ProcessState, uids: IdSet | str, gids: IdSet | str
-) -> str | None:
+def _precondition(sc: Scenario, state: ProcessState, uids: IdSet | str, gids: IdSet | str) -> str | None:
     """Why ``sc`` cannot run in this process, or None."""
     why = state.cannot_switch(sc.family)
     if why:
@@ -55,8 +54,8 @@ def _precondition(
 def run(
     names: Sequence[str] | None = None,
     *,
-    uids: Optional[tuple[int, int, int]] = None,
-    gids: Optional[tuple[int, int, int]] = None,
+    uids: tuple[int, int, int] | None = None,
+    gids: tuple[int, int, int] | None = None,
     timeout: float = engine.DEFAULT_TIMEOUT,
     module: Any = None,
 ) -> dict[str, Result]:

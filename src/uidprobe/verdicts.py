@@ -43,7 +43,7 @@ class TraceLine:
             ("gid", self.expect_gids, self.record and self.record.gids),
         ):
             if exp is not None:
-                parts.append(f"{label} should be {_fmt(exp)}" + (f", is {_fmt(got)}" if got else ""))
+                parts.append(f"{label} should be {_fmt(exp, 'any')}" + (f", is {_fmt(got)}" if got else ""))
         if self.expect_groups is not None:
             got_groups = self.record.groups if self.record else None
             parts.append(
@@ -81,14 +81,12 @@ class Result:
         return {True: "yes", False: "no", None: "undetermined"}[self.verdict]
 
 
-def _fmt(t: tuple[int | None, int | None, int | None]) -> str:
+def _fmt(t: tuple[int | None, int | None, int | None], unknown: str = "?") -> str:
     names = ("real", "effective", "saved")
-    return " / ".join(f"{n} {'?' if v is None else v}" for n, v in zip(names, t))
+    return " / ".join(f"{n} {unknown if v is None else v}" for n, v in zip(names, t))
 
 
-def _compare(
-    what: str, expected: Expected, got: tuple[int, int, int | None]
-) -> tuple[str | None, bool]:
+def _compare(what: str, expected: Expected, got: tuple[int, int, int | None]) -> tuple[str | None, bool]:
     """(mismatch, inferred): inferred is True when saved could not be read."""
     if expected is None:
         return None, False
@@ -124,13 +122,7 @@ def _privileged_refusal(p: PlannedStep, r: Record, before: Record | None) -> boo
     """A call refused with EPERM while the child had euid 0 (and so the
     capabilities set*id needs): no set*id semantics say that, a security
     policy (seccomp, an LSM) does.  That is "cannot test", not "broken"."""
-    return (
-        p.ok
-        and r.ret == -1
-        and r.errno == errno.EPERM
-        and before is not None
-        and before.uids[1] == 0
-    )
+    return p.ok and r.ret == -1 and r.errno == errno.EPERM and before is not None and before.uids[1] == 0
 
 
 def not_run(name: str, meaning: str, verdict: bool | None, reason: str) -> Result:
@@ -159,9 +151,7 @@ def evaluate(plan: Plan, outcome: Outcome) -> Result:
                 decided = (None, f"refused while privileged, so a security policy blocks it: {mismatch}")
             elif mismatch:
                 decided = (False, mismatch)
-        lines.append(
-            TraceLine(p.step, p.role, p.ok, p.uids, p.gids, p.groups, r, mismatch)
-        )
+        lines.append(TraceLine(p.step, p.role, p.ok, p.uids, p.gids, p.groups, r, mismatch))
         before = r
     trace = tuple(lines)
     if decided is None and not outcome.completed:

@@ -1,0 +1,239 @@
+"""The ``uidprobe`` command.
+
+Exit codes are part of the interface (sendmail's test programs answered with
+exit codes, and scripts need the same):
+
+    0   success; for ``check``: the verdict is True
+    1   ``check``: the verdict is False
+    2   ``check``: undetermined
+    64  bad arguments or an unknown probe name (EX_USAGE)
+    73  a path could not be written (EX_CANTCREAT)
+    77  ``configure`` without root (EX_NOPERM)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, Callable, NoReturn, TextIO
+
+from uidprobe.verdicts import Result
+
+EX_OK = 0
+EX_FALSE = 1
+EX_UNDETERMINED = 2
+EX_USAGE = 64
+EX_CANTCREAT = 73
+EX_NOPERM = 77
+
+_EPILOG = """\
+verdicts:
+  yes           the mechanism works here: the child made the calls and read
+                every id back as required
+  no            the platform misbehaved; the reason names the call and ids
+  undetermined  this process could not test (not root, no CAP_SETUID, a
+                sandbox, unmapped ids); its config value is the safe 0
+
+exit codes: 0 ok (check: yes), 1 check: no, 2 check: undetermined,
+            64 bad usage, 73 cannot write, 77 needs root
+
+examples:
+  sudo uidprobe                    probe and print every verdict
+  uidprobe check USESETEUID        exit status answers the question
+  uidprobe explain HASSETREUID     each call, what the ids should be and are
+"""
+
+
+class UsageError(Exception):
+    """Bad input from the user: one line on stderr, exit 64."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _ids(text: str) -> tuple[int, int, int]:
+    try:
+        parts = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected U,A,B as three integers, got {text!r}") from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected exactly three ids U,A,B, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"timeout must be in (0, 3600] seconds, got {text}")
+    return value
+
+
+def _probe_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--uids", type=_ids, metavar="U,A,B", help="the ordinary uids the probes switch between")
+    p.add_argument("--gids", type=_ids, metavar="U,A,B", help="the ordinary gids the probes switch between")
+    p.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=2.0,
+        metavar="SECONDS",
+        help="kill a probe child after this long (default 2)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="uidprobe",
+        description="Probe how this platform's seteuid, setreuid, setuid and their gid twins really "
+        "behave, in forked children, and print the verdicts.  Run as root: the probes start from "
+        "the state of a set-user-ID-root program.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output (sorted keys)")
+    parser.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the verdicts (default: only on a terminal, and not with NO_COLOR)",
+    )
+    _probe_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("probe", help="probe and print the verdicts (the default)")
+    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    p = sub.add_parser(
+        "check",
+        help="exit 0 if NAME is yes, 1 if no, 2 if undetermined",
+        description="Probe NAME; the exit status is the answer: 0 yes, 1 no, 2 undetermined.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing, only set the exit status")
+    p = sub.add_parser("explain", help="each call of NAME in words, and what decided its verdict")
+    p.add_argument("name", metavar="NAME")
+    p = sub.add_parser("list", help="the probe names and what each one means")
+    return parser
+
+
+# ------------------------------------------------------------------ output
+
+
+def _use_color(mode: str, stream: TextIO) -> bool:
+    if mode == "never":
+        return False
+    if mode == "always":
+        return True
+    return stream.isatty() and "NO_COLOR" not in os.environ
+
+
+def _paint(word: str, verdict: bool | None, color: bool) -> str:
+    if not color:
+        return word
+    code = {True: "32", False: "31", None: "33"}[verdict]
+    return f"\033[{code}m{word}\033[0m"
+
+
+def result_dict(r: Result) -> dict[str, Any]:
+    """A Result as JSON-ready data (also the store's per-result shape)."""
+    return {
+        "name": r.name,
+        "verdict": r.verdict,
+        "value": r.value,
+        "reason": r.reason,
+        "kind": r.kind,
+        "meaning": r.meaning,
+        "trace": [line.describe() for line in r.trace],
+    }
+
+
+def print_table(results: dict[str, Result], color: bool, out: TextIO) -> None:
+    width = max(len(n) for n in results)
+    out.write(f"{'NAME':<{width}}  VALUE  {'VERDICT':<14}  REASON\n")
+    for name, r in results.items():
+        word = r.verdict_word + (" (declared)" if r.kind == "declared" else "")
+        pad = " " * max(0, 14 - len(word))
+        out.write(f"{name:<{width}}  {r.value:^5}  {_paint(word, r.verdict, color)}{pad}  {r.reason}\n")
+
+
+def explain(r: Result, out: TextIO) -> None:
+    out.write(f"{r.name}: {r.verdict_word}\n  means: {r.meaning}\n  reason: {r.reason}\n")
+    if not r.trace:
+        out.write("  (no child ran: the verdict was decided before probing)\n")
+        return
+    out.write("  calls, in the order the child made them:\n")
+    for i, line in enumerate(r.trace, 1):
+        out.write(f"  {i:2}. {line.describe()}\n")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _run(args: argparse.Namespace, names: Sequence[str] | None) -> dict[str, Result]:
+    from uidprobe import suite
+
+    try:
+        return suite.run(names, uids=args.uids, gids=args.gids, timeout=args.timeout)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
+    results = _run(args, None)
+    if args.json:
+        json.dump({n: result_dict(r) for n, r in results.items()}, out, indent=2, sort_keys=True)
+        out.write("\n")
+    else:
+        print_table(results, _use_color(args.color, out), out)
+    return EX_OK
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
+    r = _run(args, [args.name])[args.name]
+    if not args.quiet:
+        out.write(f"{r.name}: {r.verdict_word}: {r.reason}\n")
+    return {True: EX_OK, False: EX_FALSE, None: EX_UNDETERMINED}[r.verdict]
+
+
+def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
+    explain(_run(args, [args.name])[args.name], out)
+    return EX_OK
+
+
+def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
+    from uidprobe import scenarios, suite
+
+    for sc in scenarios.SCENARIOS:
+        out.write(f"{sc.name:<20}  {sc.meaning}\n")
+    out.write(f"{suite.DECLARED:<20}  declared by sysconf(_SC_SAVED_IDS), not probed\n")
+    return EX_OK
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
+    "probe": cmd_probe,
+    "check": cmd_check,
+    "explain": cmd_explain,
+    "list": cmd_list,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``uidprobe`` script and ``python -m uidprobe``."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command or "probe"](args, sys.stdout)
+    except UsageError as e:
+        sys.stderr.write(f"uidprobe: error: {e}\n(see 'uidprobe --help')\n")
+        return EX_USAGE
+    except BrokenPipeError:
+        # `uidprobe | head`: not an error of ours; keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EX_OK

@@ -1,0 +1,80 @@
+"""Choosing ids and judging privilege, before any fork."""
+
+from __future__ import annotations
+
+import pytest
+
+from uidprobe.process import IdMap, ProcessState, choose_ids, validate_ids
+from uidprobe.scenarios import IdSet
+
+FULL = IdMap("/proc/self/uid_map", ((0, 0, 4294967295),))
+
+
+def state(euid: int, setuid: bool, setgid: bool) -> ProcessState:
+    return ProcessState(euid, setuid, setgid, True, FULL, FULL, True)
+
+
+def test_full_map_gives_the_default_ids() -> None:
+    assert choose_ids(FULL, "uid") == IdSet(1, 2, 3)
+
+
+def test_partial_map_picks_mapped_ids() -> None:
+    m = IdMap("/proc/self/uid_map", ((0, 0, 1), (1000, 1000, 3)))
+    assert choose_ids(m, "uid") == IdSet(1000, 1001, 1002)
+
+
+def test_too_few_mapped_ids_is_a_reason_naming_the_map() -> None:
+    m = IdMap("/proc/self/uid_map", ((0, 0, 1), (1000, 1000, 1)))
+    why = choose_ids(m, "uid")
+    assert why == (
+        "only 1 non-root uid(s) mapped in /proc/self/uid_map (0 0 1; 1000 1000 1); "
+        "the probes need three to switch between"
+    )
+
+
+def test_overflow_id_is_never_chosen() -> None:
+    m = IdMap("/proc/self/uid_map", ((65534, 65534, 4),))
+    assert choose_ids(m, "uid", overflow=frozenset({65534})) == IdSet(65535, 65536, 65537)
+
+
+def test_requested_unmapped_id_is_a_reason() -> None:
+    m = IdMap("/proc/self/uid_map", ((0, 0, 10),))
+    assert choose_ids(m, "uid", (1, 2, 50)) == "uid 50 is not mapped in /proc/self/uid_map (0 0 10)"
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ((0, 1, 2), "0 is not a usable id"),
+        ((1, 1, 2), "must differ"),
+        ((1, 2, 4294967295), "not a usable id"),
+        ((1, 2), "exactly three"),
+    ],
+)
+def test_bad_requested_ids_are_refused(ids: tuple[int, int, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        validate_ids(ids, "uid")
+
+
+def test_root_with_caps_can_switch() -> None:
+    assert state(0, True, True).cannot_switch("gid") is None
+
+
+def test_non_root_without_caps_is_told_so() -> None:
+    why = state(1000, False, False).cannot_switch("uid")
+    assert why == "this process cannot test: it is not root (euid 1000) and lacks CAP_SETUID; run it as root"
+
+
+def test_root_without_cap_setuid_is_distinguished_from_non_root() -> None:
+    why = state(0, False, True).cannot_switch("uid")
+    assert why is not None and "runs as root but without CAP_SETUID" in why
+
+
+def test_uid_probes_do_not_need_cap_setgid() -> None:
+    s = state(0, True, False)
+    assert s.cannot_switch("uid") is None
+    assert "CAP_SETGID" in (s.cannot_switch("gid") or "")
+
+
+def test_non_root_with_both_caps_can_switch() -> None:
+    assert state(1000, True, True).cannot_switch("gid") is None
