@@ -170,3 +170,17 @@ def test_parent_ids_groups_and_caps_are_unchanged_after_a_full_drop_in_the_child
     before = identity()
     engine.run([Step(Op.SETGROUPS, (9,)), Step(Op.SETRESGID, (9, 9, 9)), Step(Op.SETRESUID, (9, 9, 9))])
     assert identity() == before
+
+
+def test_run_completes_while_a_timer_signal_interrupts_the_parent_constantly() -> None:
+    # Every poll()/waitpid() in the parent sees EINTR many times over.
+    hits: list[int] = []
+    old = signal.signal(signal.SIGALRM, lambda signum, frame: hits.append(signum))
+    signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+    try:
+        outs = [engine.run([Step(Op.SETEUID, (os.geteuid(),))]) for _ in range(30)]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert all(o.completed for o in outs)
+    assert hits, "the timer never fired: the test proved nothing"

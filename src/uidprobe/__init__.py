@@ -9,33 +9,51 @@ not), or None (this process could not test, with the reason).
     >>> r.verdict, r.reason            # doctest: +SKIP
     (True, 'every call behaved as required: ...')
 
-Importing this package loads no C extension and forks nothing; probing does.
+Compile-time-style values, from the store written by ``uidprobe configure``:
+
+    >>> from uidprobe import config
+    >>> config.USESETEUID, config.SOURCE  # doctest: +SKIP
+    (1, 'store')
+
+Importing this package reads nothing, loads no C extension and forks nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
-from uidprobe.verdicts import Result
+from uidprobe.names import VERSION
 
-__all__ = ["NAMES", "Result", "__version__", "probe"]
-__version__ = "0.1.0"
+__version__ = VERSION
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
-def _names() -> tuple[str, ...]:
-    from uidprobe.suite import NAMES
+    from uidprobe.verdicts import Result
 
-    return NAMES
-
+__all__ = [
+    "NAMES",
+    "Result",
+    "__version__",
+    "define_macros",
+    "get_config_var",
+    "get_config_vars",
+    "probe",
+]
 
 NAMES: tuple[str, ...]
 
 
 def __getattr__(name: str) -> object:
-    # NAMES is computed on first use so that `import uidprobe` stays cheap.
+    # Loaded on first use so that `import uidprobe` (and uidprobe.config) stay cheap.
     if name == "NAMES":
-        return _names()
+        from uidprobe.suite import NAMES
+
+        return NAMES
+    if name == "Result":
+        from uidprobe.verdicts import Result
+
+        return Result
     raise AttributeError(f"module 'uidprobe' has no attribute {name!r}")
 
 
@@ -82,3 +100,33 @@ def probe(
     if not isinstance(name, str):
         raise TypeError(f"probe name must be a str, not {type(name).__name__}")
     return suite.run([name], uids=uids, gids=gids, timeout=timeout)[name]
+
+
+def get_config_vars() -> dict[str, int | str | None]:
+    """Every config value, shaped like ``sysconfig.get_config_vars()``.
+
+    The verdict names map to 1 or 0; ``SOURCE`` says where they came from
+    ("store", "probe" or "default").  Computed once, when ``uidprobe.config``
+    is first imported.
+    """
+    from uidprobe import config
+
+    return dict(config.VARS)
+
+
+def get_config_var(name: str) -> int | str | None:
+    """One config value; None for an unknown name, as in ``sysconfig``."""
+    from uidprobe import config
+
+    return config.VARS.get(name)
+
+
+def define_macros() -> list[tuple[str, str | None]]:
+    """``setuptools.Extension(define_macros=...)`` pairs for the values that are 1.
+
+    Zero values are left undefined (the autoconf convention), so C code can
+    test them with ``#ifdef`` or ``#if``.
+    """
+    from uidprobe import config
+
+    return config.define_macros()

@@ -18,9 +18,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, TextIO
 
-from uidprobe.verdicts import Result
+from uidprobe.store import DEFAULT_PATH as DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from uidprobe.resolve import Snapshot
+    from uidprobe.verdicts import Result
 
 EX_OK = 0
 EX_FALSE = 1
@@ -41,9 +45,18 @@ exit codes: 0 ok (check: yes), 1 check: no, 2 check: undetermined,
             64 bad usage, 73 cannot write, 77 needs root
 
 examples:
-  sudo uidprobe                    probe and print every verdict
+  uidprobe                         probe (as root) and print every verdict
   uidprobe check USESETEUID        exit status answers the question
   uidprobe explain HASSETREUID     each call, what the ids should be and are
+  uidprobe configure               install time, as root: probe and persist
+  uidprobe show                    what importing programs get, and why
+  uidprobe export config-h         #define lines for a C build (also: cflags,
+                                   shell, json)
+
+store: {default} unless $UIDPROBE_STORE or --store says otherwise; trusted
+only if it and every directory above it are owned by root (or you) and not
+writable by group or others, and only on the kernel and C library it was
+measured on.
 """
 
 
@@ -94,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Probe how this platform's seteuid, setreuid, setuid and their gid twins really "
         "behave, in forked children, and print the verdicts.  Run as root: the probes start from "
         "the state of a set-user-ID-root program.",
-        epilog=_EPILOG,
+        epilog=_EPILOG.format(default=DEFAULT_STORE),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output (sorted keys)")
@@ -119,7 +132,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="each call of NAME in words, and what decided its verdict")
     p.add_argument("name", metavar="NAME")
     p = sub.add_parser("list", help="the probe names and what each one means")
+
+    p = sub.add_parser(
+        "configure",
+        help="(root, install time) probe and persist the verdicts to the store",
+        description="Probe and write the verdicts to the store atomically (mode 0644), "
+        "so that importing programs read them instead of probing.  Needs root.",
+    )
+    _store_option(p)
+    p = sub.add_parser(
+        "show",
+        help="what importing programs get now: values, source, store, age",
+        description="Resolve the config values exactly as 'from uidprobe import config' "
+        "does, and say where they came from and why a store was ignored.",
+    )
+    _store_option(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output (sorted keys)")
+    p = sub.add_parser(
+        "export",
+        help="the values for other build systems",
+        description="Print the config values (resolved as 'show' does) in FORMAT: "
+        "config-h (#define NAME 1 / /* #undef NAME */), cflags (-DNAME=1 for each 1), "
+        "shell (NAME=1 / NAME=0 lines) or json.",
+    )
+    p.add_argument(
+        "format", choices=EXPORT_FORMATS, metavar="FORMAT", help="one of: " + ", ".join(EXPORT_FORMATS)
+    )
+    _store_option(p)
+    p.add_argument(
+        "--no-probe", action="store_true", help="never probe live: without a valid store every value is 0"
+    )
     return parser
+
+
+def _store_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store", metavar="PATH", help=f"the store file (default: $UIDPROBE_STORE or {DEFAULT_STORE})"
+    )
 
 
 # ------------------------------------------------------------------ output
@@ -215,11 +264,123 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
     return EX_OK
 
 
+def cmd_configure(args: argparse.Namespace, out: TextIO) -> int:
+    from uidprobe import store
+
+    if os.geteuid() != 0:
+        sys.stderr.write(
+            f"uidprobe: configure must run as root (euid is {os.geteuid()}): the probes start from a "
+            "set-user-ID-root state and the store is read by root processes; nothing was written\n"
+        )
+        return EX_NOPERM
+    path = args.store or store.default_path()
+    results = _run(args, None)
+    try:
+        store.save(path, results)
+    except store.StoreError as e:
+        sys.stderr.write(f"uidprobe: {e.strerror}\n")
+        return EX_CANTCREAT
+    undetermined = [n for n, r in results.items() if r.verdict is None and r.kind == "observed"]
+    out.write(f"wrote {len(results) - 1} verdicts to {path}\n")
+    why = store.unsafe_reason(path)
+    if why:
+        out.write(f"warning: importing programs will ignore it: {why}\n")
+    if undetermined:
+        out.write(
+            f"warning: undetermined (stored as 0): {', '.join(undetermined)}; see 'uidprobe explain NAME'\n"
+        )
+    return EX_OK
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{int(seconds)} seconds"
+
+
+def _snapshot(args: argparse.Namespace, live: bool = True) -> Snapshot:
+    from uidprobe.resolve import resolve
+
+    return resolve(args.store, live=live)
+
+
+def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
+    snap = _snapshot(args)
+    loaded = snap.loaded
+    if args.json:
+        doc = {
+            "source": snap.source,
+            "reason": snap.reason,
+            "store": {
+                "path": loaded.path,
+                "status": loaded.reason,
+                "valid": loaded.valid,
+                "fingerprint": loaded.fingerprint,
+                "created": loaded.created,
+                "age_seconds": snap.age,
+            },
+            "values": snap.values,
+            "verdicts": snap.verdicts,
+        }
+        json.dump(doc, out, indent=2, sort_keys=True)
+        out.write("\n")
+        return EX_OK
+    out.write(f"source:      {snap.source} ({snap.reason})\n")
+    out.write(f"store:       {loaded.path}: {loaded.reason}\n")
+    if loaded.fingerprint:
+        fp = ", ".join(f"{k}={v}" for k, v in sorted(loaded.fingerprint.items()))
+        out.write(f"fingerprint: {fp}\n")
+    if snap.age is not None:
+        out.write(f"age:         {_age(snap.age)}\n")
+    width = max(len(n) for n in snap.values)
+    for name, value in snap.values.items():
+        out.write(f"  {name:<{width}} = {value}   ({snap.reasons[name]})\n")
+    return EX_OK
+
+
+EXPORT_FORMATS = ("config-h", "cflags", "shell", "json")
+
+
+def render(fmt: str, snap: Snapshot) -> str:
+    """The values in one of EXPORT_FORMATS."""
+    v = snap.values
+    if fmt == "cflags":
+        return " ".join(f"-D{n}=1" for n, x in v.items() if x) + "\n"
+    if fmt == "shell":
+        return "".join(f"{n}={x}\n" for n, x in v.items())
+    if fmt == "json":
+        return json.dumps({**v, "SOURCE": snap.source}, indent=2, sort_keys=True) + "\n"
+    from uidprobe import __version__
+
+    def comment(text: str) -> str:
+        return "/* " + text.replace("*/", "* /") + " */"  # a reason must not end the comment
+
+    lines = [
+        comment(f"uidprobe {__version__}: probed set*id behaviour"),
+        comment(f"source: {snap.source}; {snap.reason}"),
+        "",
+    ]
+    for n, x in v.items():
+        lines.append(comment(f"{n}: {snap.reasons[n]}"))
+        lines.append(f"#define {n} 1" if x else f"/* #undef {n} */")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
+    out.write(render(args.format, _snapshot(args, live=not args.no_probe)))
+    return EX_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "probe": cmd_probe,
     "check": cmd_check,
     "explain": cmd_explain,
     "list": cmd_list,
+    "configure": cmd_configure,
+    "show": cmd_show,
+    "export": cmd_export,
 }
 
 

@@ -12,14 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from uidprobe import engine, scenarios, verdicts
+from uidprobe.names import DECLARED
 from uidprobe.process import ProcessState, choose_ids, read_state, validate_ids
 from uidprobe.scenarios import IdSet, Plan, Scenario
 from uidprobe.verdicts import Result
 
 __all__ = ["DECLARED", "NAMES", "run"]
 
-#: Shown beside USESETEUID: what the system *says* about saved ids.
-DECLARED = "POSIX_SAVED_IDS"
 NAMES: tuple[str, ...] = (*(s.name for s in scenarios.SCENARIOS), DECLARED)
 
 _NEEDS_TEXT = "{call}() is not provided by this C library (found missing when uidprobe's engine was built)"

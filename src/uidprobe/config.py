@@ -1,0 +1,47 @@
+"""Compile-time-style values, computed once at first import.
+
+    from uidprobe import config
+    if config.USESETEUID: ...
+
+Each name is 1 when the probe's verdict is True, else 0 (no, or
+undetermined).  ``SOURCE`` says where the values came from: "store" (the file
+``uidprobe configure`` wrote; reading it loads no C extension and forks
+nothing), "probe" (no valid store, so this privileged process probed in
+memory; nothing was written) or "default" (neither: all 0).  ``REASON`` says
+why, including why a store was ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uidprobe.resolve import resolve
+
+_snapshot = resolve()
+
+USESETEUID: int = _snapshot.values["USESETEUID"]
+HASSETREUID: int = _snapshot.values["HASSETREUID"]
+SETUID_PERMANENT: int = _snapshot.values["SETUID_PERMANENT"]
+HASSETRESUID: int = _snapshot.values["HASSETRESUID"]
+USESETEGID: int = _snapshot.values["USESETEGID"]
+HASSETREGID: int = _snapshot.values["HASSETREGID"]
+SETGID_PERMANENT: int = _snapshot.values["SETGID_PERMANENT"]
+HASSETRESGID: int = _snapshot.values["HASSETRESGID"]
+SETGROUPS_CAN_CLEAR: int = _snapshot.values["SETGROUPS_CAN_CLEAR"]
+
+#: "store", "probe" or "default"
+SOURCE: str = _snapshot.source
+#: one line: why this source (and why a store was ignored)
+REASON: str = _snapshot.reason
+#: the store's path, whether or not it was used
+STORE_PATH: str = _snapshot.loaded.path
+#: the store's fingerprint (kernel, C library, machine, versions), or None
+FINGERPRINT: dict[str, Any] | None = _snapshot.loaded.fingerprint if SOURCE == "store" else None
+
+#: every value by name, plus SOURCE: what get_config_vars() returns
+VARS: dict[str, int | str | None] = {**_snapshot.values, "SOURCE": SOURCE}
+
+
+def define_macros() -> list[tuple[str, str | None]]:
+    """``(name, "1")`` for each value that is 1; zeros stay undefined."""
+    return [(n, "1") for n, v in _snapshot.values.items() if v]

@@ -1,0 +1,84 @@
+"""Where config values come from, in order of preference.
+
+1. A valid store (written by ``uidprobe configure``): no C extension, no fork.
+2. No valid store, but this process may switch ids: probe live, in memory
+   (nothing is written at import).
+3. Otherwise every value is 0 ("default"), with the reason.
+
+Never 1 without evidence, and never an exception because of a store.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from uidprobe import store
+from uidprobe.names import OBSERVED
+
+__all__ = ["Snapshot", "resolve"]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The config values and their provenance."""
+
+    values: dict[str, int]
+    source: str  # "store", "probe" or "default"
+    reason: str  # one line: why this source
+    loaded: store.Loaded  # what reading the store found, valid or not
+    verdicts: dict[str, bool | None]
+    reasons: dict[str, str]
+
+    @property
+    def age(self) -> float | None:
+        """Seconds since the store was written (None unless source is store)."""
+        if self.source != "store" or self.loaded.created is None:
+            return None
+        return max(0.0, time.time() - self.loaded.created)
+
+
+def _privileged() -> str | None:
+    """None when this process can probe, else why not (no fork, no C)."""
+    from uidprobe.process import read_state
+
+    return read_state().cannot_switch("uid")
+
+
+def resolve(path: str | None = None, live: bool = True) -> Snapshot:
+    """The config values for this process (store at ``path`` or the default).
+
+    ``live=False`` never probes: a missing store gives defaults (what
+    ``uidprobe export --no-probe`` and tests of the fallback use).
+    """
+    loaded = store.load(path)
+    if loaded.results is not None:
+        return Snapshot(
+            values={n: r.value for n, r in loaded.results.items()},
+            source="store",
+            reason=f"read from {loaded.path}",
+            loaded=loaded,
+            verdicts={n: r.verdict for n, r in loaded.results.items()},
+            reasons={n: r.reason for n, r in loaded.results.items()},
+        )
+    why_not = _privileged() if live else "live probing was not requested"
+    if why_not is None:
+        from uidprobe import suite
+
+        results = suite.run(list(OBSERVED))
+        return Snapshot(
+            values={n: r.value for n, r in results.items()},
+            source="probe",
+            reason=f"probed live in memory; store {loaded.reason}",
+            loaded=loaded,
+            verdicts={n: r.verdict for n, r in results.items()},
+            reasons={n: r.reason for n, r in results.items()},
+        )
+    return Snapshot(
+        values=dict.fromkeys(OBSERVED, 0),
+        source="default",
+        reason=f"every value is 0: store {loaded.reason}; cannot probe: {why_not}",
+        loaded=loaded,
+        verdicts=dict.fromkeys(OBSERVED),
+        reasons=dict.fromkeys(OBSERVED, "undetermined: no valid store and no live probe"),
+    )

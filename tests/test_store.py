@@ -1,0 +1,307 @@
+"""The store: written atomically, trusted only when safe and current."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import NOBODY, requires_root
+from uidprobe import store
+from uidprobe.names import OBSERVED
+from uidprobe.verdicts import Result
+
+
+def results(verdict: bool | None = True) -> dict[str, Result]:
+    return {n: Result(n, verdict, f"reason for {n}") for n in OBSERVED}
+
+
+@pytest.fixture
+def safe_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "store"
+    d.mkdir(mode=0o755)
+    d.chmod(0o755)
+    # pytest's own directories are 0700 and ours: safe all the way up to /tmp (root's, sticky).
+    return d
+
+
+@pytest.fixture
+def saved(safe_dir: Path) -> Path:
+    path = safe_dir / "verdicts.json"
+    store.save(str(path), results())
+    return path
+
+
+def rewrite(path: Path, change: Any) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_a_saved_store_loads_back_as_valid(saved: Path) -> None:
+    loaded = store.load(str(saved))
+    assert loaded.valid and loaded.reason == "valid"
+    assert loaded.results is not None and {n: r.value for n, r in loaded.results.items()} == dict.fromkeys(
+        OBSERVED, 1
+    )
+
+
+def test_save_writes_mode_0644_and_leaves_no_temporary_file(saved: Path) -> None:
+    assert saved.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["verdicts.json"]
+
+
+def test_save_creates_missing_directories_0755(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "verdicts.json"
+    store.save(str(path), results())
+    assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o755
+
+
+def test_save_to_an_impossible_path_raises_store_error() -> None:
+    with pytest.raises(store.StoreError, match="cannot write in /proc/1/nonexistent"):
+        store.save("/proc/1/nonexistent/verdicts.json", results())
+
+
+def test_fingerprint_names_kernel_libc_machine_and_versions() -> None:
+    fp = store.current_fingerprint()
+    assert set(fp) == {"format", "kernel_release", "kernel_version", "libc", "machine", "system", "uidprobe"}
+    assert fp["kernel_release"] == os.uname().release
+    assert fp["libc"].startswith("glibc ")
+
+
+def test_absent_store_is_reported_as_absent(safe_dir: Path) -> None:
+    loaded = store.load(str(safe_dir / "none.json"))
+    assert not loaded.valid and loaded.reason.startswith("absent:")
+
+
+def test_default_path_follows_the_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(store.ENV_VAR, "/x/y.json")
+    assert store.default_path() == "/x/y.json"
+    monkeypatch.delenv(store.ENV_VAR)
+    assert store.default_path() == "/var/lib/uidprobe/verdicts.json"
+
+
+# ---------------------------------------------------------- unsafe locations
+
+
+@pytest.mark.parametrize(
+    ("mode", "phrase"), [(0o664, "writable by group"), (0o646, "writable by group or others")]
+)
+def test_file_writable_by_others_is_ignored(saved: Path, mode: int, phrase: str) -> None:
+    saved.chmod(mode)
+    loaded = store.load(str(saved))
+    assert not loaded.valid and phrase in loaded.reason and loaded.reason.startswith("unsafe:")
+
+
+@requires_root
+def test_file_owned_by_another_user_is_ignored(saved: Path) -> None:
+    os.chown(saved, NOBODY, NOBODY)
+    assert f"owned by uid {NOBODY}, not root or uid 0" in store.load(str(saved)).reason
+
+
+@pytest.mark.parametrize(("mode", "phrase"), [(0o775, "writable by group"), (0o757, "writable by others")])
+def test_directory_writable_by_others_is_ignored(saved: Path, mode: int, phrase: str) -> None:
+    saved.parent.chmod(mode)
+    reason = store.load(str(saved)).reason
+    assert reason == f"unsafe: directory {saved.parent} is {phrase} (mode {mode:04o})"
+
+
+@requires_root
+def test_directory_owned_by_another_user_is_ignored(saved: Path) -> None:
+    os.chown(saved.parent, NOBODY, NOBODY)
+    assert f"directory {saved.parent} is owned by uid {NOBODY}" in store.load(str(saved)).reason
+
+
+@requires_root
+def test_sticky_world_writable_directory_owned_by_root_is_accepted(saved: Path) -> None:
+    saved.parent.chmod(0o1777)
+    assert store.load(str(saved)).valid
+
+
+@requires_root
+def test_sticky_world_writable_directory_owned_by_someone_else_is_ignored(saved: Path) -> None:
+    saved.parent.chmod(0o1777)
+    os.chown(saved.parent, NOBODY, NOBODY)
+    assert not store.load(str(saved)).valid
+
+
+def test_symlink_into_an_unsafe_directory_is_judged_by_its_target(saved: Path, tmp_path: Path) -> None:
+    unsafe = tmp_path / "unsafe"
+    unsafe.mkdir()
+    unsafe.chmod(0o777)
+    target = unsafe / "v.json"
+    target.write_bytes(saved.read_bytes())
+    target.chmod(0o644)
+    link = saved.parent / "link.json"
+    link.symlink_to(target)
+    assert "writable by others" in store.load(str(link)).reason
+
+
+def test_a_directory_in_place_of_the_file_is_ignored(safe_dir: Path) -> None:
+    (safe_dir / "verdicts.json").mkdir()
+    assert "not a regular file" in store.load(str(safe_dir / "verdicts.json")).reason
+
+
+@requires_root
+def test_environment_variable_cannot_feed_an_unsafe_store_to_root(saved: Path) -> None:
+    saved.parent.chmod(0o777)
+    env = {**os.environ, store.ENV_VAR: str(saved)}
+    code = "from uidprobe import config; print(config.SOURCE, config.REASON)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert not out.stdout.startswith("store")
+    assert "unsafe: directory" in out.stdout
+
+
+# ------------------------------------------------------------ bad contents
+
+
+@pytest.mark.parametrize(
+    ("content", "phrase"),
+    [
+        (b"", "the file is empty"),
+        (b"   \n", "the file is empty"),
+        (b'{"created": 1, "fingerprint": {', "not JSON"),
+        (b"\xff\xfe garbage", "not JSON"),
+        (b"[1, 2, 3]", "top level is list"),
+        (b'{"fingerprint": {}, "created": 1}', "results is missing"),
+        (b'{"fingerprint": [], "created": 1, "results": {}}', "fingerprint is missing or not an object"),
+        (b'{"fingerprint": {}, "created": "x", "results": {}}', "created is missing"),
+    ],
+)
+def test_damaged_store_is_ignored_with_a_reason(safe_dir: Path, content: bytes, phrase: str) -> None:
+    path = safe_dir / "verdicts.json"
+    path.write_bytes(content)
+    path.chmod(0o644)
+    loaded = store.load(str(path))
+    assert not loaded.valid and phrase in loaded.reason
+
+
+def test_truncated_store_is_ignored(saved: Path) -> None:
+    data = saved.read_bytes()
+    saved.write_bytes(data[: len(data) // 2])
+    assert store.load(str(saved)).reason.startswith("invalid: not JSON")
+
+
+def test_oversized_store_is_ignored_without_parsing(saved: Path) -> None:
+    saved.write_bytes(b" " * (store.MAX_BYTES + 10))
+    assert "larger than" in store.load(str(saved)).reason
+
+
+@pytest.mark.parametrize(
+    ("change", "phrase"),
+    [
+        (lambda d: d["results"]["USESETEUID"].update(verdict="yes"), "verdict must be true, false or null"),
+        (lambda d: d["results"]["USESETEUID"].update(verdict=False), "value 1 does not match verdict False"),
+        (lambda d: d["results"]["USESETEUID"].update(verdict=None), "value 1 does not match verdict None"),
+        (lambda d: d["results"]["USESETEUID"].update(value=True), "value True does not match"),
+        (lambda d: d["results"]["USESETEUID"].update(reason=7), "reason is not a string"),
+        (lambda d: d["results"].pop("HASSETREUID"), "no result for HASSETREUID"),
+    ],
+)
+def test_wrong_typed_store_is_ignored(saved: Path, change: Any, phrase: str) -> None:
+    rewrite(saved, change)
+    loaded = store.load(str(saved))
+    assert not loaded.valid and phrase in loaded.reason
+
+
+@pytest.mark.parametrize("key", ["kernel_release", "kernel_version", "libc", "machine", "uidprobe", "format"])
+def test_store_from_another_kernel_or_libc_is_stale(saved: Path, key: str) -> None:
+    rewrite(saved, lambda d: d["fingerprint"].update({key: "something else"}))
+    loaded = store.load(str(saved))
+    assert not loaded.valid and loaded.reason.startswith(f"stale: {key} is")
+    assert loaded.fingerprint is not None  # shown by 'show' even when stale
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=json_values)
+def test_fuzzed_json_never_raises_and_is_never_trusted(safe_dir: Path, doc: Any) -> None:
+    path = safe_dir / "fuzz.json"
+    path.write_text(json.dumps(doc))
+    path.chmod(0o644)
+    assert not store.load(str(path)).valid
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=256))
+def test_fuzzed_bytes_never_raise(safe_dir: Path, data: bytes) -> None:
+    path = safe_dir / "fuzz.json"
+    path.write_bytes(data)
+    path.chmod(0o644)
+    assert not store.load(str(path)).valid
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(OBSERVED), field=st.sampled_from(["verdict", "value", "reason"]), junk=json_values
+)
+def test_fuzzed_result_fields_never_yield_a_1_without_a_true_verdict(
+    saved: Path, name: str, field: str, junk: Any
+) -> None:
+    original = saved.read_text()
+    try:
+        rewrite(saved, lambda d: d["results"][name].update({field: junk}))
+        loaded = store.load(str(saved))
+        if loaded.results is not None:
+            assert all(r.value == (1 if r.verdict is True else 0) for r in loaded.results.values())
+    finally:
+        saved.write_text(original)
+
+
+# ------------------------------------------------------------- concurrency
+
+WRITER = """
+import sys
+from uidprobe import store
+from uidprobe.names import OBSERVED
+from uidprobe.verdicts import Result
+path, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    v = bool(i % 2)
+    store.save(path, {k: Result(k, v, "round %d" % i) for k in OBSERVED})
+"""
+
+READER = """
+import sys
+from uidprobe import store
+path, n = sys.argv[1], int(sys.argv[2])
+bad = []
+for _ in range(n):
+    r = store.load(path)
+    if not r.valid:
+        bad.append(r.reason)
+    else:
+        vals = {x.value for x in r.results.values()}
+        if len(vals) != 1:
+            bad.append("mixed store: %r" % vals)
+print(len(bad)); print("\\n".join(bad[:3]))
+"""
+
+
+def test_concurrent_writers_and_readers_never_see_a_partial_store(saved: Path) -> None:
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(saved), "40"]) for _ in range(3)]
+    readers = [
+        subprocess.Popen([sys.executable, "-c", READER, str(saved), "400"], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    for w in writers:
+        assert w.wait(timeout=120) == 0
+    for r in readers:
+        out, _ = r.communicate(timeout=120)
+        count, *examples = out.splitlines()
+        assert count == "0", examples
+    assert store.load(str(saved)).valid
+    assert [p.name for p in saved.parent.iterdir()] == ["verdicts.json"]
