@@ -347,14 +347,16 @@ def _expand(token: str, feats: Features) -> list[Call]:
             else call(Op.SETREGID, U, 0, gids=(U, 0, 0), role=setup)
         )
         return [gid_root, uid_root]
+    # With real U and saved 0, setreuid(-1, x) leaves saved alone when x is U
+    # and sets it to 0 when x is 0: the same states as setresuid gives.
     if token == DROP:
         if feats.setresuid:
             return [call(Op.SETRESUID, -1, U, -1, uids=(U, U, 0), role=aux)]
-        return [call(Op.SETEUID, U, uids=(U, U, 0), role=aux)]
+        return [call(Op.SETREUID, -1, U, uids=(U, U, 0), role=aux)]
     if token == REGAIN:
         if feats.setresuid:
             return [call(Op.SETRESUID, -1, 0, -1, uids=(U, 0, 0), role=aux)]
-        return [call(Op.SETEUID, 0, uids=(U, 0, 0), role=aux)]
+        return [call(Op.SETREUID, -1, 0, uids=(U, 0, 0), role=aux)]
     raise ValueError(f"unknown pseudo-call {token!r}")
 
 

@@ -7,6 +7,8 @@ only set*id calls are made by the engine's children.
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +23,10 @@ __all__ = ["DECLARED", "NAMES", "run"]
 
 NAMES: tuple[str, ...] = (*(s.name for s in scenarios.SCENARIOS), DECLARED)
 
-_NEEDS_TEXT = "{call}() is not provided by this C library (found missing when uidprobe's engine was built)"
+_NEEDS_TEXT = (
+    "{call}() is not provided by this C library (missing when uidprobe's engine was built, "
+    "or failing with ENOSYS at run time)"
+)
 
 
 def declared_saved_ids() -> Result:
@@ -34,6 +39,25 @@ def declared_saved_ids() -> Result:
     verdict = value > 0 if value != -1 else None
     reason = f"declared by sysconf(_SC_SAVED_IDS) = {value}; compare with USESETEUID, which is observed"
     return Result(DECLARED, verdict, reason, (), meaning, "declared")
+
+
+def runtime_features(timeout: float, module: Any = None) -> engine.Features:
+    """The optional calls that exist at build time *and* work at run time.
+
+    A C library may export setresuid as a stub that fails with ENOSYS (glibc
+    does so where the kernel lacks the call), and a sandbox may refuse it the
+    same way.  ``setresuid(-1, -1, -1)`` changes nothing and is allowed to
+    anyone, so one child answers for both calls.
+    """
+    built = engine.features(module)
+    if not (built.setresuid or built.setresgid):
+        return built
+    steps = [engine.Step(engine.Op.SETRESUID, (-1, -1, -1)), engine.Step(engine.Op.SETRESGID, (-1, -1, -1))]
+    out = engine.run(steps, timeout, module)
+    works = [r.errno != errno.ENOSYS for r in out.records] if out.completed else [True, True]
+    return dataclasses.replace(
+        built, setresuid=built.setresuid and works[0], setresgid=built.setresgid and works[1]
+    )
 
 
 def _precondition(sc: Scenario, state: ProcessState, uids: IdSet | str, gids: IdSet | str) -> str | None:
@@ -88,7 +112,7 @@ def run(
         if why:
             results[name] = verdicts.not_run(name, sc.meaning, None, why)
             continue
-        feats = feats or engine.features(module)
+        feats = feats or runtime_features(timeout, module)
         missing = [n for n in sc.needs if not getattr(feats, n)]
         if missing:
             results[name] = verdicts.not_run(name, sc.meaning, False, _NEEDS_TEXT.format(call=missing[0]))
