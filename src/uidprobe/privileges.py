@@ -150,7 +150,7 @@ def choose_mechanism(values: Mapping[str, int | str | None]) -> Mechanism:
 def _check_id(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidTargetError(f"{what} must be an integer, not {value!r}")
-    if value == -1 or value == 0xFFFFFFFF:
+    if value in (-1, 0xFFFFFFFF):
         raise InvalidTargetError(f"{what} -1 means 'unchanged' to the set*id calls and is never a target")
     if not 0 <= value <= MAX_ID:
         raise InvalidTargetError(f"{what} {value} is out of range (0..{MAX_ID})")
