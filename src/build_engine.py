@@ -70,9 +70,7 @@ int up_features(void);
 def _links(body: str) -> bool:
     """True when a program calling ``body`` compiles and links here."""
     cc = shlex.split(sysconfig.get_config_var("CC") or "cc")
-    program = (
-        f"#define _GNU_SOURCE 1\n#include <unistd.h>\n#include <sys/types.h>\nint main(void) {{ {body} }}\n"
-    )
+    program = f"#define _GNU_SOURCE 1\n#include <unistd.h>\n#include <sys/types.h>\nint main(void) {{ {body} }}\n"
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
@@ -91,9 +89,7 @@ def _links(body: str) -> bool:
 def detect_macros(hidden: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """``HAVE_<FUNC>`` macros for the optional calls this C library provides."""
     return [
-        (f"HAVE_{name.upper()}", "1")
-        for name, body in OPTIONAL_FUNCS.items()
-        if name not in hidden and _links(body)
+        (f"HAVE_{name.upper()}", "1") for name, body in OPTIONAL_FUNCS.items() if name not in hidden and _links(body)
     ]
 
 

@@ -84,9 +84,7 @@ def test_check_exits_0_when_the_verdict_is_yes() -> None:
 
 @requires_root
 def test_check_exits_1_when_the_verdict_is_no(faults_so: Path) -> None:
-    p = uidprobe(
-        "check", "USESETEUID", env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "seteuid-moves-saved"}
-    )
+    p = uidprobe("check", "USESETEUID", env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "seteuid-moves-saved"})
     assert p.returncode == cli.EX_FALSE
     assert p.stdout == "USESETEUID: no: after seteuid(2): saved uid is 2, should be 0\n"
 
@@ -100,9 +98,7 @@ def test_check_exits_2_when_undetermined() -> None:
 
 @requires_root
 def test_explain_says_what_each_id_should_be_and_is(faults_so: Path) -> None:
-    p = uidprobe(
-        "explain", "USESETEUID", env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "seteuid-moves-saved"}
-    )
+    p = uidprobe("explain", "USESETEUID", env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "seteuid-moves-saved"})
     assert p.returncode == 0
     assert "reason: after seteuid(2): saved uid is 2, should be 0" in p.stdout
     assert (

@@ -97,8 +97,7 @@ def test_root_without_setuid_capabilities_is_undetermined_not_broken() -> None:
 @requires_tools
 def test_user_namespace_mapping_only_root_is_undetermined_naming_the_map() -> None:
     proc = in_user_namespace(
-        "import json, uidprobe; print(json.dumps({n: [r.verdict, r.reason] "
-        "for n, r in uidprobe.probe().items()}))",
+        "import json, uidprobe; print(json.dumps({n: [r.verdict, r.reason] for n, r in uidprobe.probe().items()}))",
         "0 0 1\n",
         "0 0 1\n",
     )
@@ -129,8 +128,7 @@ def test_user_namespace_with_a_partial_map_probes_with_mapped_ids() -> None:
 @requires_tools
 def test_user_namespace_with_too_few_gids_leaves_only_gid_probes_undetermined() -> None:
     proc = in_user_namespace(
-        "import json, uidprobe; print(json.dumps({n: [r.verdict, r.reason] "
-        "for n, r in uidprobe.probe().items()}))",
+        "import json, uidprobe; print(json.dumps({n: [r.verdict, r.reason] for n, r in uidprobe.probe().items()}))",
         "0 0 1\n1000 1000 3\n",
         "0 0 1\n",
     )
@@ -145,10 +143,7 @@ def test_user_namespace_with_too_few_gids_leaves_only_gid_probes_undetermined() 
 def test_user_namespace_denying_setgroups_leaves_that_probe_undetermined() -> None:
     # An unprivileged writer must deny setgroups before writing gid_map; here
     # the probe sees "deny" and must say so instead of reporting "broken".
-    code = (
-        "import json, uidprobe; r = uidprobe.probe('SETGROUPS_CAN_CLEAR'); "
-        "print(json.dumps([r.verdict, r.reason]))"
-    )
+    code = "import json, uidprobe; r = uidprobe.probe('SETGROUPS_CAN_CLEAR'); print(json.dumps([r.verdict, r.reason]))"
     proc = in_user_namespace(code, "0 0 1\n1000 1000 3\n", "0 0 1\n1000 1000 3\n", setgroups="deny")
     verdict, reason = json.loads(proc.stdout)
     assert verdict is None and "setgroups is denied" in reason
@@ -161,6 +156,9 @@ EXPECTED_FLIPS: dict[str, dict[str, Any]] = {
     "setegid-moves-saved": {"USESETEGID": False},
     "setreuid-ignores-real": {"HASSETREUID": False},
     "setuid-keeps-saved": {"SETUID_PERMANENT": False},
+    "no-setresuid": {"HASSETRESUID": False, "HASSETRESGID": False},
+    "setgroups-ignored": {"SETGROUPS_CAN_CLEAR": False},
+    "seteuid-moves-saved,no-setresuid": {"USESETEUID": False, "HASSETRESUID": False, "HASSETRESGID": False},
 }
 
 
@@ -188,9 +186,7 @@ def test_sandbox_refusing_every_call_makes_every_probe_undetermined(faults_so: P
 
 @requires_root
 @pytest.mark.parametrize(("profile", "phrase"), [("crash", "killed by SIGSEGV"), ("hang", "timed out")])
-def test_crashing_or_hanging_children_make_every_probe_undetermined(
-    faults_so: Path, profile: str, phrase: str
-) -> None:
+def test_crashing_or_hanging_children_make_every_probe_undetermined(faults_so: Path, profile: str, phrase: str) -> None:
     code = (
         "import json, uidprobe\nfrom conftest import identity\n"
         "before = identity()\n"

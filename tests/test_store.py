@@ -48,9 +48,7 @@ def rewrite(path: Path, change: Any) -> None:
 def test_a_saved_store_loads_back_as_valid(saved: Path) -> None:
     loaded = store.load(str(saved))
     assert loaded.valid and loaded.reason == "valid"
-    assert loaded.results is not None and {n: r.value for n, r in loaded.results.items()} == dict.fromkeys(
-        OBSERVED, 1
-    )
+    assert loaded.results is not None and {n: r.value for n, r in loaded.results.items()} == dict.fromkeys(OBSERVED, 1)
 
 
 def test_save_writes_mode_0644_and_leaves_no_temporary_file(saved: Path) -> None:
@@ -91,9 +89,7 @@ def test_default_path_follows_the_environment_variable(monkeypatch: pytest.Monke
 # ---------------------------------------------------------- unsafe locations
 
 
-@pytest.mark.parametrize(
-    ("mode", "phrase"), [(0o664, "writable by group"), (0o646, "writable by group or others")]
-)
+@pytest.mark.parametrize(("mode", "phrase"), [(0o664, "writable by group"), (0o646, "writable by group or others")])
 def test_file_writable_by_others_is_ignored(saved: Path, mode: int, phrase: str) -> None:
     saved.chmod(mode)
     loaded = store.load(str(saved))
@@ -245,9 +241,7 @@ def test_fuzzed_bytes_never_raise(safe_dir: Path, data: bytes) -> None:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    name=st.sampled_from(OBSERVED), field=st.sampled_from(["verdict", "value", "reason"]), junk=json_values
-)
+@given(name=st.sampled_from(OBSERVED), field=st.sampled_from(["verdict", "value", "reason"]), junk=json_values)
 def test_fuzzed_result_fields_never_yield_a_1_without_a_true_verdict(
     saved: Path, name: str, field: str, junk: Any
 ) -> None:

@@ -25,9 +25,7 @@ def records(
 ) -> tuple[Record, ...]:
     rets = rets or [0] * len(uids)
     errnos = errnos or [0] * len(uids)
-    return tuple(
-        Record(s.step, ret, err, u, (0, 0, 0), ()) for s, u, ret, err in zip(p.steps, uids, rets, errnos)
-    )
+    return tuple(Record(s.step, ret, err, u, (0, 0, 0), ()) for s, u, ret, err in zip(p.steps, uids, rets, errnos))
 
 
 def outcome(recs: tuple[Record, ...], completed: bool = True, sig: int | None = None) -> Outcome:

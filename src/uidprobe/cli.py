@@ -155,20 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         "config-h (#define NAME 1 / /* #undef NAME */), cflags (-DNAME=1 for each 1), "
         "shell (NAME=1 / NAME=0 lines) or json.",
     )
-    p.add_argument(
-        "format", choices=EXPORT_FORMATS, metavar="FORMAT", help="one of: " + ", ".join(EXPORT_FORMATS)
-    )
+    p.add_argument("format", choices=EXPORT_FORMATS, metavar="FORMAT", help="one of: " + ", ".join(EXPORT_FORMATS))
     _store_option(p)
-    p.add_argument(
-        "--no-probe", action="store_true", help="never probe live: without a valid store every value is 0"
-    )
+    p.add_argument("--no-probe", action="store_true", help="never probe live: without a valid store every value is 0")
     return parser
 
 
 def _store_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--store", metavar="PATH", help=f"the store file (default: $UIDPROBE_STORE or {DEFAULT_STORE})"
-    )
+    p.add_argument("--store", metavar="PATH", help=f"the store file (default: $UIDPROBE_STORE or {DEFAULT_STORE})")
 
 
 # ------------------------------------------------------------------ output
@@ -286,9 +280,7 @@ def cmd_configure(args: argparse.Namespace, out: TextIO) -> int:
     if why:
         out.write(f"warning: importing programs will ignore it: {why}\n")
     if undetermined:
-        out.write(
-            f"warning: undetermined (stored as 0): {', '.join(undetermined)}; see 'uidprobe explain NAME'\n"
-        )
+        out.write(f"warning: undetermined (stored as 0): {', '.join(undetermined)}; see 'uidprobe explain NAME'\n")
     return EX_OK
 
 

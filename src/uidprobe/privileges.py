@@ -39,7 +39,7 @@ import errno as errno_mod
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 __all__ = [
     "Identity",
@@ -141,8 +141,7 @@ def choose_mechanism(values: Mapping[str, int | str | None]) -> Mechanism:
         else:
             why = ", ".join(f"{name}={values.get(name, 0)}" for _, name in choices)
             raise NoMechanismError(
-                f"no {family} mechanism can switch and come back here: {why} "
-                f"(see 'uidprobe explain {choices[-1][1]}')"
+                f"no {family} mechanism can switch and come back here: {why} (see 'uidprobe explain {choices[-1][1]}')"
             )
     return Mechanism(uid=picked[0], gid=picked[1])
 
@@ -259,6 +258,9 @@ class Switcher:
         s = self._saved
         if s is None:
             raise PrivilegeError("not switched: nothing to restore")
+        if current_identity() == s:  # a switch that failed at its first call changed nothing
+            self._saved = None
+            return
         self._restore_uid(s)
         self._restore_gid(s)
         self._set_groups(s.groups)
@@ -344,6 +346,9 @@ class Switcher:
         wanted = _check_groups(groups)
         if uid == 0:
             raise InvalidTargetError("dropping privileges to uid 0 drops nothing")
+        # Everything the regain check needs is loaded now: after the drop the
+        # process may no longer be able to read its own installation.
+        attempts = _regain_attempts(gid)
         if self._saved is not None:
             self.restore()
         if os.geteuid() != 0:
@@ -364,24 +369,38 @@ class Switcher:
             _call(os.setuid, uid)
         _verify(
             f"dropping the uid with {self.mechanism.uid}",
-            uids=(uid, uid, uid), gids=(gid, gid, gid), groups=tuple(sorted(set(wanted))),
-            fsuid=uid, fsgid=gid,
+            uids=(uid, uid, uid),
+            gids=(gid, gid, gid),
+            groups=tuple(sorted(set(wanted))),
+            fsuid=uid,
+            fsgid=gid,
         )
-        _check_cannot_regain(gid)
+        _check_cannot_regain(attempts)
 
 
-def _check_cannot_regain(gid: int) -> None:
-    """Try every way back to root in a forked child; any success is fatal."""
+def _regain_attempts(gid: int) -> list[Any]:
+    """Every way back to root, as engine steps (loads the engine now)."""
     from uidprobe import engine
     from uidprobe.engine import Op, Step
 
-    attempts = [Step(Op.SETUID, (0,)), Step(Op.SETEUID, (0,)), Step(Op.SETREUID, (-1, 0)),
-                Step(Op.SETREUID, (0, -1))]
-    feats = engine.features()
-    if feats.setresuid:
+    attempts = [
+        Step(Op.SETUID, (0,)),
+        Step(Op.SETEUID, (0,)),
+        Step(Op.SETREUID, (-1, 0)),
+        Step(Op.SETREUID, (0, -1)),
+    ]
+    if engine.features().setresuid:
         attempts.append(Step(Op.SETRESUID, (0, 0, 0)))
     if gid != 0:
         attempts += [Step(Op.SETGID, (0,)), Step(Op.SETEGID, (0,))]
+    return attempts
+
+
+def _check_cannot_regain(attempts: list[Any]) -> None:
+    """Try every way back to root in a forked child (C only); any success is fatal."""
+    from uidprobe import engine  # already imported by _regain_attempts
+    from uidprobe.engine import Op
+
     out = engine.run(attempts)
     if not out.completed:
         raise VerificationError(f"could not check that root cannot be regained: {out.describe_end()}")

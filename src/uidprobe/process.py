@@ -181,7 +181,4 @@ def choose_ids(
                 found.append(i)
             if len(found) == 3:
                 return IdSet(*found)
-    return (
-        f"only {len(found)} non-root {kind}(s) mapped in {idmap.describe()}; "
-        "the probes need three to switch between"
-    )
+    return f"only {len(found)} non-root {kind}(s) mapped in {idmap.describe()}; the probes need three to switch between"

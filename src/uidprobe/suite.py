@@ -55,9 +55,7 @@ def runtime_features(timeout: float, module: Any = None) -> engine.Features:
     steps = [engine.Step(engine.Op.SETRESUID, (-1, -1, -1)), engine.Step(engine.Op.SETRESGID, (-1, -1, -1))]
     out = engine.run(steps, timeout, module)
     works = [r.errno != errno.ENOSYS for r in out.records] if out.completed else [True, True]
-    return dataclasses.replace(
-        built, setresuid=built.setresuid and works[0], setresgid=built.setresgid and works[1]
-    )
+    return dataclasses.replace(built, setresuid=built.setresuid and works[0], setresgid=built.setresgid and works[1])
 
 
 def _precondition(sc: Scenario, state: ProcessState, uids: IdSet | str, gids: IdSet | str) -> str | None:
