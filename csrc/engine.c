@@ -24,6 +24,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/types.h>
@@ -392,6 +393,164 @@ int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
         s += counts[i];
     }
     munmap(sh, sizeof *sh);
+    return rc;
+}
+
+// ---------------------------------------------------------- spawned runner
+
+extern char **environ;
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+// Read exactly len bytes before the deadline.  0 on success, -1 on EOF or
+// error (errno set; ETIMEDOUT when the deadline passed).
+static int read_full(int fd, void *buf, size_t len, long long deadline)
+{
+    char *p = buf;
+    while (len > 0) {
+        long long left = deadline - now_ms();
+        if (left <= 0) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        int r = poll(&pf, 1, left > 1000000 ? 1000000 : (int)left);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            continue;
+        ssize_t n = read(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0)
+            errno = EPIPE;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int up_spawn_batch(const char *runner,
+                   const struct up_step *steps, const int *counts, int nscenarios,
+                   struct up_record *records, struct up_outcome *outcomes,
+                   int timeout_ms)
+{
+    int in[2], out[2];
+    long long total = 0;
+    for (int i = 0; i < nscenarios; i++) {
+        memset(&outcomes[i], 0, sizeof outcomes[i]);
+        if (counts[i] < 0 || counts[i] > UP_MAX_STEPS) {
+            fail(&outcomes[i], "up_spawn_batch", EINVAL);
+            return -1;
+        }
+        total += counts[i];
+    }
+    if (nscenarios <= 0)
+        return 0;
+    if (timeout_ms <= 0 || total > 0x7fffffff) {
+        fail(&outcomes[0], "up_spawn_batch", EINVAL);
+        return -1;
+    }
+    if (pipe_cloexec(in) != 0) {
+        fail(&outcomes[0], "pipe", errno);
+        return -1;
+    }
+    if (pipe_cloexec(out) != 0) {
+        fail(&outcomes[0], "pipe", errno);
+        close_retry(in[0]);
+        close_retry(in[1]);
+        return -1;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);  // dup2 clears FD_CLOEXEC
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    char *argv[] = {(char *)runner, NULL};
+    pid_t pid;
+    int err = posix_spawn(&pid, runner, &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close_retry(in[0]);
+    close_retry(out[1]);
+    if (err != 0) {
+        close_retry(in[1]);
+        close_retry(out[0]);
+        fail(&outcomes[0], "posix_spawn", err);
+        return -1;
+    }
+
+    // The runner reads all of its input before writing anything, so writing
+    // everything first cannot deadlock.  SIGPIPE is not our business: a
+    // runner that died early shows up as EPIPE here.
+    struct up_batch_header h = {UP_BATCH_MAGIC, nscenarios, (int)total, timeout_ms};
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    int werr = 0;
+    if (write_full(in[1], &h, sizeof h) != 0 ||
+        write_full(in[1], counts, (size_t)nscenarios * sizeof *counts) != 0 ||
+        write_full(in[1], steps, (size_t)total * sizeof *steps) != 0)
+        werr = errno;
+    close_retry(in[1]);
+    if (werr == EPIPE) {
+        // Consume the SIGPIPE we caused, so it is not delivered on unblock.
+        struct timespec zero = {0, 0};
+        sigtimedwait(&pipe_set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    // Every child is killed at its own deadline by the runner; this bound
+    // only guards against a runner that is itself stuck.
+    long long deadline = now_ms() + (long long)timeout_ms * (nscenarios + 1) + 5000;
+    int rc = 0;
+    for (int i = 0; i < nscenarios && rc == 0 && werr == 0; i++) {
+        struct up_outcome *o = &outcomes[i];
+        if (read_full(out[0], o, sizeof *o, deadline) != 0) {
+            int e = errno;
+            memset(o, 0, sizeof *o);
+            fail(o, "runner", e);
+            rc = -1;
+            break;
+        }
+        o->failed_call = o->error ? "fork (in the runner)" : NULL;
+        if (o->nrecords < 0 || o->nrecords > counts[i] ||
+            read_full(out[0], records + (size_t)i * UP_MAX_STEPS,
+                      (size_t)o->nrecords * sizeof *records, deadline) != 0) {
+            int e = errno ? errno : EPROTO;
+            memset(o, 0, sizeof *o);
+            fail(o, "runner", e);
+            rc = -1;
+        }
+        if (o->error)
+            rc = -1;
+    }
+    if (werr) {
+        fail(&outcomes[0], "write to runner", werr);
+        rc = -1;
+    }
+    close_retry(out[0]);
+    if (rc != 0)
+        kill(pid, SIGKILL);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
     return rc;
 }
 

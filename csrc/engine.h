@@ -79,4 +79,28 @@ int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
 
 int up_features(void);
 
+// ------------------------------------------------------------ the runner
+
+// Wire format between up_spawn_batch() and the runner program (runner.c):
+// both are built from this header by the same compiler, so raw structs.
+#define UP_BATCH_MAGIC 0x75696470 // "uidp"
+
+struct up_batch_header {
+    int magic;
+    int nscenarios;
+    int total_steps;
+    int timeout_ms;
+};
+
+// up_run_batch() in a separate small process: posix_spawn `runner` (its
+// cost does not grow with the caller's memory, unlike fork), send it the
+// steps, read back the outcomes and records.  Same layout of `records` and
+// `outcomes` as up_run_batch().  Returns 0 when every scenario ran; -1 with
+// outcomes[0].error/failed_call set when the runner could not be started or
+// failed (the caller may then fall back to up_run_batch()).
+int up_spawn_batch(const char *runner,
+                   const struct up_step *steps, const int *counts, int nscenarios,
+                   struct up_record *records, struct up_outcome *outcomes,
+                   int timeout_ms);
+
 #endif

@@ -64,6 +64,10 @@ int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
                  struct up_record *records, struct up_outcome *outcomes,
                  int timeout_ms);
 int up_features(void);
+int up_spawn_batch(const char *runner,
+                   const struct up_step *steps, const int *counts, int nscenarios,
+                   struct up_record *records, struct up_outcome *outcomes,
+                   int timeout_ms);
 """
 
 
@@ -107,7 +111,7 @@ def make_builder(
         '#include "engine.h"',
         sources=[os.path.join(csrc, "engine.c")],
         include_dirs=[csrc],
-        depends=[os.path.join(csrc, "engine.h")],
+        depends=[os.path.join(csrc, "engine.h"), os.path.join(csrc, "runner.c")],
         define_macros=detect_macros(hidden),
     )
     return builder

@@ -184,3 +184,38 @@ def test_run_completes_while_a_timer_signal_interrupts_the_parent_constantly() -
         signal.signal(signal.SIGALRM, old)
     assert all(o.completed for o in outs)
     assert hits, "the timer never fired: the test proved nothing"
+
+
+def test_the_runner_program_is_installed_beside_the_engine() -> None:
+    assert engine.runner_path() is not None
+
+
+@requires_root
+def test_spawned_runner_and_in_process_fork_give_the_same_trace() -> None:
+    steps = [Step(Op.SETRESUID, (1, 0, 0)), Step(Op.SETEUID, (2,)), Step(Op.SETUID, (0,)), Step(Op.SETGROUPS, (4,))]
+    spawned = engine.run(steps, via="spawn")
+    forked = engine.run(steps, via="fork")
+    assert spawned.records == forked.records and spawned.completed and forked.completed
+
+
+def test_auto_falls_back_to_forking_when_the_runner_cannot_be_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "runner_path", lambda module=None: "/nonexistent/_runner")
+    assert engine.run([Step(Op.SETEUID, (os.geteuid(),))]).completed
+
+
+def test_explicit_spawn_without_a_runner_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "runner_path", lambda module=None: None)
+    with pytest.raises(engine.EngineError, match="runner program is not installed"):
+        engine.run([], via="spawn")
+
+
+def test_unknown_transport_is_refused() -> None:
+    with pytest.raises(ValueError, match="via must be"):
+        engine.run([], via="thread")
+
+
+def test_a_batch_larger_than_the_runners_chunk_keeps_order() -> None:
+    uid = os.geteuid()
+    outs = engine.run_batch([[Step(Op.SETEUID, (uid,))] * (i % 3) for i in range(150)], via="spawn")
+    assert [len(o.records) for o in outs] == [i % 3 for i in range(150)]
+    assert all(o.completed for o in outs)

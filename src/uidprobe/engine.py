@@ -229,45 +229,64 @@ def _timeout_ms(timeout: float) -> int:
     return max(1, int(timeout * 1000))
 
 
-def run(steps: Sequence[Step], timeout: float = DEFAULT_TIMEOUT, module: Any = None) -> Outcome:
+def runner_path(module: Any = None) -> str | None:
+    """The runner program installed beside the engine, if it is usable here."""
+    if module is not None:
+        return None  # a custom build (tests) has no runner of its own
+    from uidprobe import _engine
+
+    path = os.path.join(os.path.dirname(os.path.abspath(_engine.__file__)), "_runner")
+    return path if os.access(path, os.X_OK) else None
+
+
+def run(steps: Sequence[Step], timeout: float = DEFAULT_TIMEOUT, module: Any = None, via: str = "auto") -> Outcome:
     """Run ``steps`` in one forked child and return its trace.
 
     The child is killed after ``timeout`` seconds.  Raises EngineError only
     when no child could be started; anything the child does (fail, crash,
     hang) is reported in the Outcome.  ``module`` selects another build of
-    the engine (tests use one built without getresuid).
+    the engine (tests use one built without getresuid); ``via`` as for
+    run_batch.
     """
-    if len(steps) > MAX_STEPS:
-        raise ValueError(f"at most {MAX_STEPS} steps per child, got {len(steps)}")
-    ffi, lib = _load(module)
-    c_steps = _fill_steps(ffi, steps)
-    c_records = ffi.new("struct up_record[]", MAX_STEPS)
-    c_out = ffi.new("struct up_outcome *")
-    lib.up_run(c_steps, len(steps), c_records, MAX_STEPS, _timeout_ms(timeout), c_out)
-    return _outcome(ffi, lib, steps, c_records, c_out)
+    return run_batch([steps], timeout, module, via)[0]
 
 
 def run_batch(
-    scenarios: Sequence[Sequence[Step]], timeout: float = DEFAULT_TIMEOUT, module: Any = None
+    scenarios: Sequence[Sequence[Step]],
+    timeout: float = DEFAULT_TIMEOUT,
+    module: Any = None,
+    via: str = "auto",
 ) -> list[Outcome]:
     """Run each step list in its own child, back to back, in one C call.
 
-    Same results as ``[run(s) for s in scenarios]`` with one trip into C, which
-    matters when there are thousands of them (the transition model).
+    ``via="spawn"`` forks the children from the small runner program (cost
+    independent of this process's size); ``"fork"`` forks them from this
+    process; ``"auto"`` spawns when the runner is installed and usable and
+    falls back to forking (e.g. after a permanent drop made the installation
+    unreadable).
     """
+    if via not in ("auto", "spawn", "fork"):
+        raise ValueError(f"via must be 'auto', 'spawn' or 'fork', not {via!r}")
     for s in scenarios:
         if len(s) > MAX_STEPS:
             raise ValueError(f"at most {MAX_STEPS} steps per child, got {len(s)}")
+    timeout_ms = _timeout_ms(timeout)
     ffi, lib = _load(module)
+    n = len(scenarios)
+    if n == 0:
+        return []
     flat = [step for s in scenarios for step in s]
     c_steps = _fill_steps(ffi, flat)
-    counts = ffi.new("int[]", [len(s) for s in scenarios] or [0])
-    n = len(scenarios)
-    c_records = ffi.new("struct up_record[]", max(n, 1) * MAX_STEPS)
-    c_outs = ffi.new("struct up_outcome[]", max(n, 1))
-    lib.up_run_batch(c_steps, counts, n, c_records, c_outs, _timeout_ms(timeout))
-    results = []
-    for i, s in enumerate(scenarios):
-        records = c_records + i * MAX_STEPS
-        results.append(_outcome(ffi, lib, s, records, c_outs[i]))
-    return results
+    counts = ffi.new("int[]", [len(s) for s in scenarios])
+    c_records = ffi.new("struct up_record[]", n * MAX_STEPS)
+    c_outs = ffi.new("struct up_outcome[]", n)
+    runner = runner_path(module) if via != "fork" else None
+    if via == "spawn" and runner is None:
+        raise EngineError(errno_mod.ENOENT, "the runner program is not installed or not executable")
+    if runner is not None:
+        rc = lib.up_spawn_batch(runner.encode(), c_steps, counts, n, c_records, c_outs, timeout_ms)
+        if rc != 0 and via == "auto":
+            runner = None  # fall back: fork from this process
+    if runner is None:
+        lib.up_run_batch(c_steps, counts, n, c_records, c_outs, timeout_ms)
+    return [_outcome(ffi, lib, s, c_records + i * MAX_STEPS, c_outs[i]) for i, s in enumerate(scenarios)]

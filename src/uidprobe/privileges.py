@@ -401,7 +401,9 @@ def _check_cannot_regain(attempts: list[Any]) -> None:
     from uidprobe import engine  # already imported by _regain_attempts
     from uidprobe.engine import Op
 
-    out = engine.run(attempts)
+    # Fork, not the spawned runner: the question is whether *this* process
+    # image (its C library, its preloads) can get root back.
+    out = engine.run(attempts, via="fork")
     if not out.completed:
         raise VerificationError(f"could not check that root cannot be regained: {out.describe_end()}")
     for r in out.records:
