@@ -14,7 +14,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 
-class build_ext_with_runner(build_ext):
+class BuildExtWithRunner(build_ext):
     def run(self) -> None:
         super().run()
         build = runpy.run_path(os.path.join("src", "build_engine.py"), run_name="uidprobe_build")
@@ -34,5 +34,5 @@ class build_ext_with_runner(build_ext):
 
 setup(
     cffi_modules=["src/build_engine.py:ffibuilder"],
-    cmdclass={"build_ext": build_ext_with_runner},
+    cmdclass={"build_ext": BuildExtWithRunner},
 )
