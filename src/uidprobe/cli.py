@@ -6,7 +6,9 @@ exit codes, and scripts need the same):
     0   success; for ``check``: the verdict is True
     1   ``check``: the verdict is False
     2   ``check``: undetermined
+    1   ``model --diff``: the models differ
     64  bad arguments or an unknown probe name (EX_USAGE)
+    65  ``model --diff``: a file is not a model (EX_DATAERR)
     73  a path could not be written (EX_CANTCREAT)
     77  ``configure`` without root (EX_NOPERM)
 """
@@ -30,6 +32,7 @@ EX_OK = 0
 EX_FALSE = 1
 EX_UNDETERMINED = 2
 EX_USAGE = 64
+EX_DATAERR = 65
 EX_CANTCREAT = 73
 EX_NOPERM = 77
 
@@ -41,8 +44,9 @@ verdicts:
   undetermined  this process could not test (not root, no CAP_SETUID, a
                 sandbox, unmapped ids); its config value is the safe 0
 
-exit codes: 0 ok (check: yes), 1 check: no, 2 check: undetermined,
-            64 bad usage, 73 cannot write, 77 needs root
+exit codes: 0 ok (check: yes), 1 check: no (model --diff: differences),
+            2 check: undetermined, 64 bad usage, 65 not a model file,
+            73 cannot write, 77 needs root
 
 examples:
   uidprobe                         probe (as root) and print every verdict
@@ -52,6 +56,8 @@ examples:
   uidprobe show                    what importing programs get, and why
   uidprobe export config-h         #define lines for a C build (also: cflags,
                                    shell, json)
+  uidprobe model --format dot      every uid state and call, as a graph
+  uidprobe model --diff a.json b.json   where two systems differ
 
 store: {default} unless $UIDPROBE_STORE or --store says otherwise; trusted
 only if it and every directory above it are owned by root (or you) and not
@@ -158,7 +164,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("format", choices=EXPORT_FORMATS, metavar="FORMAT", help="one of: " + ", ".join(EXPORT_FORMATS))
     _store_option(p)
     p.add_argument("--no-probe", action="store_true", help="never probe live: without a valid store every value is 0")
+    p = sub.add_parser(
+        "model",
+        help="the full transition model: every id state and call",
+        description="Measure every (real, effective, saved) state over the ids {0, A, B} "
+        "against every setuid/seteuid/setreuid/setresuid call (2,376 transitions, one "
+        "child each), or the gid twins with --gid.  Or compare two saved models.",
+    )
+    p.add_argument("--gid", action="store_true", help="the gid model (made by a process with uids A)")
+    p.add_argument(
+        "--format",
+        choices=("summary", "json", "dot"),
+        default="summary",
+        help="summary (default), json (versioned schema) or dot (Graphviz)",
+    )
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    p.add_argument("--ids", type=_pair, default=(2, 3), metavar="A,B", help="the ids behind A and B (default 2,3)")
+    p.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("A.json", "B.json"),
+        help="print the transitions where two saved models differ; exit 1 if any",
+    )
     return parser
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A,B as two integers, got {text!r}") from None
+    return a, b
 
 
 def _store_option(p: argparse.ArgumentParser) -> None:
@@ -365,6 +401,51 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     return EX_OK
 
 
+def _write_output(path: str | None, text: str, out: TextIO) -> int:
+    if path is None:
+        out.write(text)
+        return EX_OK
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        sys.stderr.write(f"uidprobe: cannot write {path}: {e.strerror}\n")
+        return EX_CANTCREAT
+    return EX_OK
+
+
+def cmd_model(args: argparse.Namespace, out: TextIO) -> int:
+    from uidprobe import model
+    from uidprobe.process import read_state
+
+    if args.diff:
+        try:
+            a, b = (model.load(p) for p in args.diff)
+        except model.ModelError as e:
+            sys.stderr.write(f"uidprobe: {e}\n")
+            return EX_DATAERR
+        lines = model.diff(a, b)
+        out.write("".join(line + "\n" for line in lines))
+        out.write(f"{len(lines)} transition(s) differ\n")
+        return EX_FALSE if lines else EX_OK
+    family = "gid" if args.gid else "uid"
+    why = read_state().cannot_switch(family)
+    if why:
+        sys.stderr.write(f"uidprobe: the model needs root to establish each state; {why}\n")
+        return EX_NOPERM
+    try:
+        m = model.build(family, a=args.ids[0], b=args.ids[1], timeout=args.timeout)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.format == "json":
+        text = json.dumps(m.to_json(), indent=1, sort_keys=True) + "\n"
+    elif args.format == "dot":
+        text = model.to_dot(m)
+    else:
+        text = model.summary(m)
+    return _write_output(args.output, text, out)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "probe": cmd_probe,
     "check": cmd_check,
@@ -373,6 +454,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
     "configure": cmd_configure,
     "show": cmd_show,
     "export": cmd_export,
+    "model": cmd_model,
 }
 
 
