@@ -52,7 +52,7 @@ def archives() -> Iterator[list[Path]]:
 def deliver(
     paths: list[Path], message: bytes, profile: str | None = None, faults: Path | None = None
 ) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "UIDPROBE_STORE": "/nonexistent/verdicts.json"}  # probe live, under the profile
+    env = {**os.environ, "UIDPROBE_STORE": "/nonexistent/verdicts"}  # probe live, under the profile
     if profile:
         assert faults is not None
         env.update(LD_PRELOAD=str(faults), UIDPROBE_FAULT=profile)

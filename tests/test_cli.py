@@ -145,7 +145,7 @@ def test_bad_arguments_give_one_line_and_exit_64_without_traceback(args: list[st
 def test_help_explains_verdicts_exit_codes_and_the_store() -> None:
     p = uidprobe("--help")
     assert p.returncode == 0
-    for phrase in ("undetermined", "64 bad usage", "uidprobe configure", "/var/lib/uidprobe/verdicts.json"):
+    for phrase in ("undetermined", "64 bad usage", "uidprobe configure", "/var/lib/uidprobe/verdicts"):
         assert phrase in p.stdout
 
 
@@ -193,7 +193,7 @@ def test_fuzzed_arguments_give_a_documented_exit_code_and_no_traceback(args: lis
 
 @requires_root
 def test_configure_as_root_writes_the_store_and_says_where(store_dir: Path) -> None:
-    path = store_dir / "verdicts.json"
+    path = store_dir / "verdicts"
     p = uidprobe("configure", "--store", str(path))
     assert p.returncode == 0 and p.stdout == f"wrote 9 verdicts to {path}\n"
     assert store.load(str(path)).valid
@@ -209,7 +209,7 @@ def test_configure_uses_the_environment_store_path(store_dir: Path) -> None:
 @requires_root
 @requires_tools
 def test_configure_as_non_root_exits_77_and_writes_nothing(store_dir: Path) -> None:
-    path = store_dir / "verdicts.json"
+    path = store_dir / "verdicts"
     store_dir.chmod(0o777)
     p = uidprobe("configure", "--store", str(path), prefix=AS_NOBODY)
     assert p.returncode == cli.EX_NOPERM
@@ -219,7 +219,7 @@ def test_configure_as_non_root_exits_77_and_writes_nothing(store_dir: Path) -> N
 
 @requires_root
 def test_configure_to_an_unwritable_path_exits_73_with_one_line() -> None:
-    p = uidprobe("configure", "--store", "/proc/1/nope/verdicts.json")
+    p = uidprobe("configure", "--store", "/proc/1/nope/verdicts")
     assert p.returncode == cli.EX_CANTCREAT
     assert p.stderr == "uidprobe: cannot write in /proc/1/nope: No such file or directory\n"
 
@@ -255,9 +255,9 @@ def test_show_json_says_why_a_store_was_ignored(store_dir: Path) -> None:
 
 def test_show_reports_a_stale_store(store_dir: Path) -> None:
     path = stored(store_dir / "v.json", {})
-    doc = json.loads(path.read_text())
-    doc["fingerprint"]["kernel_release"] = "2.0.36"
-    path.write_text(json.dumps(doc))
+    text = path.read_text()
+    release = store.current_fingerprint()["kernel_release"]
+    path.write_text(text.replace(f"fingerprint kernel_release {release}\n", "fingerprint kernel_release 2.0.36\n"))
     out = uidprobe("show", "--store", str(path)).stdout
     assert "stale: kernel_release is" in out and "'2.0.36' in the store" in out
 

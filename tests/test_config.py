@@ -65,7 +65,7 @@ def test_config_names_are_exactly_the_scenarios() -> None:
 
 
 def test_with_a_valid_store_import_loads_no_extension_forks_nothing_writes_nothing(store_dir: Path) -> None:
-    path = store_dir / "verdicts.json"
+    path = store_dir / "verdicts"
     write_store(path, {"HASSETREUID": False})
     data = import_config(path)
     assert data["source"] == "store"
@@ -76,14 +76,14 @@ def test_with_a_valid_store_import_loads_no_extension_forks_nothing_writes_nothi
 
 
 def test_undetermined_verdict_in_the_store_is_exposed_as_0(store_dir: Path) -> None:
-    path = store_dir / "verdicts.json"
+    path = store_dir / "verdicts"
     write_store(path, {"USESETEUID": None})
     assert import_config(path)["values"]["USESETEUID"] == 0
 
 
 @requires_root
 def test_without_a_store_a_privileged_process_probes_in_memory_and_writes_nothing(store_dir: Path) -> None:
-    data = import_config(store_dir / "verdicts.json")
+    data = import_config(store_dir / "verdicts")
     assert data["source"] == "probe"
     assert data["values"] == dict.fromkeys(OBSERVED, 1)
     assert "store absent" in data["reason"]
@@ -93,7 +93,7 @@ def test_without_a_store_a_privileged_process_probes_in_memory_and_writes_nothin
 @requires_root
 @requires_tools
 def test_without_a_store_an_unprivileged_process_gets_all_0_with_the_reason(store_dir: Path) -> None:
-    data = import_config(store_dir / "verdicts.json", prefix=AS_NOBODY)
+    data = import_config(store_dir / "verdicts", prefix=AS_NOBODY)
     assert data["source"] == "default"
     assert data["values"] == dict.fromkeys(OBSERVED, 0)
     assert "store absent" in data["reason"] and "not root (euid 65534)" in data["reason"]
@@ -103,7 +103,7 @@ def test_without_a_store_an_unprivileged_process_gets_all_0_with_the_reason(stor
 @requires_root
 @requires_tools
 def test_unprivileged_process_trusts_a_root_owned_store(store_dir: Path) -> None:
-    path = store_dir / "verdicts.json"
+    path = store_dir / "verdicts"
     write_store(path, {})
     data = import_config(path, prefix=AS_NOBODY)
     assert data["source"] == "store" and data["values"] == dict.fromkeys(OBSERVED, 1)
@@ -111,7 +111,7 @@ def test_unprivileged_process_trusts_a_root_owned_store(store_dir: Path) -> None
 
 @pytest.mark.parametrize("content", [b"", b"{", b"null", b'{"results": 5}'])
 def test_import_never_raises_because_of_a_bad_store(store_dir: Path, content: bytes) -> None:
-    path = store_dir / "verdicts.json"
+    path = store_dir / "verdicts"
     path.write_bytes(content)
     path.chmod(0o644)
     data = import_config(path)
@@ -120,7 +120,7 @@ def test_import_never_raises_because_of_a_bad_store(store_dir: Path, content: by
 
 
 def test_get_config_var_is_shaped_like_sysconfig(store_dir: Path) -> None:
-    path = store_dir / "verdicts.json"
+    path = store_dir / "verdicts"
     write_store(path, {"HASSETREUID": False})
     code = (
         "import json, uidprobe\n"
@@ -174,7 +174,7 @@ def test_define_macros_compile_another_packages_extension_against_the_values(
     tmp_path: Path, store_dir: Path, verdicts: dict[str, bool | None], expected: str
 ) -> None:
     pytest.importorskip("setuptools")
-    path = store_dir / "verdicts.json"
+    path = store_dir / "verdicts"
     write_store(path, verdicts)
     proj = tmp_path / "proj"
     proj.mkdir()

@@ -219,3 +219,12 @@ def test_a_batch_larger_than_the_runners_chunk_keeps_order() -> None:
     outs = engine.run_batch([[Step(Op.SETEUID, (uid,))] * (i % 3) for i in range(150)], via="spawn")
     assert [len(o.records) for o in outs] == [i % 3 for i in range(150)]
     assert all(o.completed for o in outs)
+
+
+@requires_root
+def test_a_batch_split_over_parallel_runners_gives_the_same_traces_in_order() -> None:
+    batch = [[Step(Op.SETRESUID, (i % 5 + 1, 0, 0)), Step(Op.SETEUID, (i % 7 + 1,))] for i in range(300)]
+    one = engine.run_batch(batch, via="spawn", jobs=1)
+    three = engine.run_batch(batch, via="spawn", jobs=3)
+    assert [o.records for o in one] == [o.records for o in three]
+    assert [o.records[1].uids[1] for o in three] == [i % 7 + 1 for i in range(300)]

@@ -34,15 +34,20 @@ def safe_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def saved(safe_dir: Path) -> Path:
-    path = safe_dir / "verdicts.json"
+    path = safe_dir / "verdicts"
     store.save(str(path), results())
     return path
 
 
-def rewrite(path: Path, change: Any) -> None:
-    doc = json.loads(path.read_text())
-    change(doc)
-    path.write_text(json.dumps(doc))
+def replace_line(path: Path, prefix: str, new: str | None) -> None:
+    """Replace (or with None, drop) the store line that starts with ``prefix``."""
+    lines = path.read_text().split("\n")
+    index = next(i for i, line in enumerate(lines) if line.startswith(prefix))
+    if new is None:
+        del lines[index]
+    else:
+        lines[index] = new
+    path.write_text("\n".join(lines))
 
 
 def test_a_saved_store_loads_back_as_valid(saved: Path) -> None:
@@ -53,18 +58,18 @@ def test_a_saved_store_loads_back_as_valid(saved: Path) -> None:
 
 def test_save_writes_mode_0644_and_leaves_no_temporary_file(saved: Path) -> None:
     assert saved.stat().st_mode & 0o777 == 0o644
-    assert sorted(p.name for p in saved.parent.iterdir()) == ["verdicts.json"]
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["verdicts"]
 
 
 def test_save_creates_missing_directories_0755(tmp_path: Path) -> None:
-    path = tmp_path / "a" / "b" / "verdicts.json"
+    path = tmp_path / "a" / "b" / "verdicts"
     store.save(str(path), results())
     assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o755
 
 
 def test_save_to_an_impossible_path_raises_store_error() -> None:
     with pytest.raises(store.StoreError, match="cannot write in /proc/1/nonexistent"):
-        store.save("/proc/1/nonexistent/verdicts.json", results())
+        store.save("/proc/1/nonexistent/verdicts", results())
 
 
 def test_fingerprint_names_kernel_libc_machine_and_versions() -> None:
@@ -83,7 +88,7 @@ def test_default_path_follows_the_environment_variable(monkeypatch: pytest.Monke
     monkeypatch.setenv(store.ENV_VAR, "/x/y.json")
     assert store.default_path() == "/x/y.json"
     monkeypatch.delenv(store.ENV_VAR)
-    assert store.default_path() == "/var/lib/uidprobe/verdicts.json"
+    assert store.default_path() == "/var/lib/uidprobe/verdicts"
 
 
 # ---------------------------------------------------------- unsafe locations
@@ -141,8 +146,8 @@ def test_symlink_into_an_unsafe_directory_is_judged_by_its_target(saved: Path, t
 
 
 def test_a_directory_in_place_of_the_file_is_ignored(safe_dir: Path) -> None:
-    (safe_dir / "verdicts.json").mkdir()
-    assert "not a regular file" in store.load(str(safe_dir / "verdicts.json")).reason
+    (safe_dir / "verdicts").mkdir()
+    assert "not a regular file" in store.load(str(safe_dir / "verdicts")).reason
 
 
 @requires_root
@@ -163,16 +168,20 @@ def test_environment_variable_cannot_feed_an_unsafe_store_to_root(saved: Path) -
     [
         (b"", "the file is empty"),
         (b"   \n", "the file is empty"),
-        (b'{"created": 1, "fingerprint": {', "not JSON"),
-        (b"\xff\xfe garbage", "not JSON"),
-        (b"[1, 2, 3]", "top level is list"),
-        (b'{"fingerprint": {}, "created": 1}', "results is missing"),
-        (b'{"fingerprint": [], "created": 1, "results": {}}', "fingerprint is missing or not an object"),
-        (b'{"fingerprint": {}, "created": "x", "results": {}}', "created is missing"),
+        (b'{"created": 1, "fingerprint": {', "not a uidprobe store"),
+        (b"\xff\xfe garbage", "not UTF-8"),
+        (b"[1, 2, 3]", "not a uidprobe store"),
+        (b"uidprobe-store 2\nend\n", "format '2' is not 1"),
+        (b"uidprobe-store 1\ncreated 1\n", "no end line"),
+        (b"uidprobe-store 1\nend\n", "no created line"),
+        (b"uidprobe-store 1\nx\nend\n", "unknown record 'x'"),
+        (b"uidprobe-store 1\nfingerprint a 1\nend\n", "no created line"),
+        (b"uidprobe-store 1\ncreated nan\nend\n", "not a finite number"),
+        (b"uidprobe-store 1\ncreated soon\nend\n", "created is not a number"),
     ],
 )
 def test_damaged_store_is_ignored_with_a_reason(safe_dir: Path, content: bytes, phrase: str) -> None:
-    path = safe_dir / "verdicts.json"
+    path = safe_dir / "verdicts"
     path.write_bytes(content)
     path.chmod(0o644)
     loaded = store.load(str(path))
@@ -182,7 +191,7 @@ def test_damaged_store_is_ignored_with_a_reason(safe_dir: Path, content: bytes, 
 def test_truncated_store_is_ignored(saved: Path) -> None:
     data = saved.read_bytes()
     saved.write_bytes(data[: len(data) // 2])
-    assert store.load(str(saved)).reason.startswith("invalid: not JSON")
+    assert store.load(str(saved)).reason == "invalid: no end line (truncated?)"
 
 
 def test_oversized_store_is_ignored_without_parsing(saved: Path) -> None:
@@ -190,26 +199,41 @@ def test_oversized_store_is_ignored_without_parsing(saved: Path) -> None:
     assert "larger than" in store.load(str(saved)).reason
 
 
+R = "result USESETEUID "
+
+
 @pytest.mark.parametrize(
-    ("change", "phrase"),
+    ("prefix", "new", "phrase"),
     [
-        (lambda d: d["results"]["USESETEUID"].update(verdict="yes"), "verdict must be true, false or null"),
-        (lambda d: d["results"]["USESETEUID"].update(verdict=False), "value 1 does not match verdict False"),
-        (lambda d: d["results"]["USESETEUID"].update(verdict=None), "value 1 does not match verdict None"),
-        (lambda d: d["results"]["USESETEUID"].update(value=True), "value True does not match"),
-        (lambda d: d["results"]["USESETEUID"].update(reason=7), "reason is not a string"),
-        (lambda d: d["results"].pop("HASSETREUID"), "no result for HASSETREUID"),
+        (R, R + "yes 1 r", "USESETEUID: verdict must be true, false or none"),
+        (R, R + "false 1 r", "value '1' does not match verdict false"),
+        (R, R + "none 1 r", "value '1' does not match verdict none"),
+        (R, R + "true True r", "value 'True' does not match verdict true"),
+        (R, R + "true 1", "needs a name, verdict, value and reason"),
+        (R, R + "true 1 bad \\q escape", "bad escape"),
+        (R, "result NOPE true 1 r", "unknown or repeated result 'NOPE'"),
+        ("result HASSETREUID ", R + "true 1 again", "unknown or repeated result 'USESETEUID'"),
+        ("result HASSETREUID ", None, "no result for HASSETREUID"),
+        ("fingerprint libc ", "fingerprint machine x", "missing or repeated fingerprint key"),
     ],
 )
-def test_wrong_typed_store_is_ignored(saved: Path, change: Any, phrase: str) -> None:
-    rewrite(saved, change)
+def test_wrong_typed_store_is_ignored(saved: Path, prefix: str, new: str | None, phrase: str) -> None:
+    replace_line(saved, prefix, new)
     loaded = store.load(str(saved))
     assert not loaded.valid and phrase in loaded.reason
 
 
+def test_reasons_with_newlines_and_backslashes_survive_a_round_trip(safe_dir: Path) -> None:
+    path = safe_dir / "verdicts"
+    odd = "two\nlines \\ and\r a CR"
+    store.save(str(path), {n: Result(n, True, odd) for n in OBSERVED})
+    loaded = store.load(str(path))
+    assert loaded.results is not None and loaded.results["USESETEUID"].reason == odd
+
+
 @pytest.mark.parametrize("key", ["kernel_release", "kernel_version", "libc", "machine", "uidprobe", "format"])
 def test_store_from_another_kernel_or_libc_is_stale(saved: Path, key: str) -> None:
-    rewrite(saved, lambda d: d["fingerprint"].update({key: "something else"}))
+    replace_line(saved, f"fingerprint {key} ", f"fingerprint {key} something else")
     loaded = store.load(str(saved))
     assert not loaded.valid and loaded.reason.startswith(f"stale: {key} is")
     assert loaded.fingerprint is not None  # shown by 'show' even when stale
@@ -240,19 +264,21 @@ def test_fuzzed_bytes_never_raise(safe_dir: Path, data: bytes) -> None:
     assert not store.load(str(path)).valid
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(OBSERVED), field=st.sampled_from(["verdict", "value", "reason"]), junk=json_values)
-def test_fuzzed_result_fields_never_yield_a_1_without_a_true_verdict(
-    saved: Path, name: str, field: str, junk: Any
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(min_value=0, max_value=200), junk=st.text(max_size=60))
+def test_a_fuzzed_line_never_raises_and_never_yields_a_1_without_a_true_verdict(
+    saved: Path, index: int, junk: str
 ) -> None:
-    original = saved.read_text()
+    original = saved.read_bytes()
     try:
-        rewrite(saved, lambda d: d["results"][name].update({field: junk}))
+        lines = original.decode().split("\n")
+        lines[index % len(lines)] = junk
+        saved.write_text("\n".join(lines))
         loaded = store.load(str(saved))
         if loaded.results is not None:
             assert all(r.value == (1 if r.verdict is True else 0) for r in loaded.results.values())
     finally:
-        saved.write_text(original)
+        saved.write_bytes(original)
 
 
 # ------------------------------------------------------------- concurrency
@@ -298,4 +324,4 @@ def test_concurrent_writers_and_readers_never_see_a_partial_store(saved: Path) -
         count, *examples = out.splitlines()
         assert count == "0", examples
     assert store.load(str(saved)).valid
-    assert [p.name for p in saved.parent.iterdir()] == ["verdicts.json"]
+    assert [p.name for p in saved.parent.iterdir()] == ["verdicts"]

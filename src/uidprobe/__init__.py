@@ -20,14 +20,16 @@ Importing this package reads nothing, loads no C extension and forks nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, overload
-
 from uidprobe.names import VERSION
 
 __version__ = VERSION
 
+# Not `from typing import TYPE_CHECKING`: importing typing would add
+# milliseconds to every `import uidprobe.config` (mypy treats the name alike).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import overload
 
     from uidprobe.verdicts import Result
 
@@ -57,24 +59,25 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'uidprobe' has no attribute {name!r}")
 
 
-@overload
-def probe(
-    name: None = None,
-    *,
-    uids: tuple[int, int, int] | None = None,
-    gids: tuple[int, int, int] | None = None,
-    timeout: float = 2.0,
-) -> Mapping[str, Result]: ...
+if TYPE_CHECKING:
 
+    @overload
+    def probe(
+        name: None = None,
+        *,
+        uids: tuple[int, int, int] | None = None,
+        gids: tuple[int, int, int] | None = None,
+        timeout: float = 2.0,
+    ) -> Mapping[str, Result]: ...
 
-@overload
-def probe(
-    name: str,
-    *,
-    uids: tuple[int, int, int] | None = None,
-    gids: tuple[int, int, int] | None = None,
-    timeout: float = 2.0,
-) -> Result: ...
+    @overload
+    def probe(
+        name: str,
+        *,
+        uids: tuple[int, int, int] | None = None,
+        gids: tuple[int, int, int] | None = None,
+        timeout: float = 2.0,
+    ) -> Result: ...
 
 
 def probe(

@@ -13,8 +13,6 @@ why, including why a store was ignored.
 
 from __future__ import annotations
 
-from typing import Any
-
 from uidprobe.resolve import resolve
 
 _snapshot = resolve()
@@ -36,7 +34,7 @@ REASON: str = _snapshot.reason
 #: the store's path, whether or not it was used
 STORE_PATH: str = _snapshot.loaded.path
 #: the store's fingerprint (kernel, C library, machine, versions), or None
-FINGERPRINT: dict[str, Any] | None = _snapshot.loaded.fingerprint if SOURCE == "store" else None
+FINGERPRINT: dict[str, object] | None = _snapshot.loaded.fingerprint if SOURCE == "store" else None
 
 #: every value by name, plus SOURCE: what get_config_vars() returns
 VARS: dict[str, int | str | None] = {**_snapshot.values, "SOURCE": SOURCE}

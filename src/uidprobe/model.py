@@ -205,8 +205,12 @@ def build(
     timeout: float = engine.DEFAULT_TIMEOUT,
     module: Any = None,
     via: str = "auto",
+    jobs: int | None = None,
 ) -> Model:
-    """Measure the model: one child per (state, call)."""
+    """Measure the model: one child per (state, call).
+
+    ``jobs`` runners work at once (default: one per CPU, at most 4).
+    """
     if family not in _CALLS:
         raise ValueError(f"family must be 'uid' or 'gid', not {family!r}")
     from uidprobe.process import validate_ids
@@ -218,14 +222,18 @@ def build(
     feats = runtime_features(timeout, module)
     states = all_states()
     calls = all_calls(family)
-    jobs: list[list[Step]] = []
+    work: list[list[Step]] = []
     nsetup: dict[State, int] = {}
     for st in states:
         setup = _setup(family, st, ids, feats)
         nsetup[st] = len(setup)
         for op, args in calls:
-            jobs.append([*setup, Step(op, tuple(_num(x, ids) for x in args))])
-    outcomes = engine.run_batch(jobs, timeout, module, via)
+            work.append([*setup, Step(op, tuple(_num(x, ids) for x in args))])
+    if jobs is None:
+        import os
+
+        jobs = min(4, os.cpu_count() or 1)
+    outcomes = engine.run_batch(work, timeout, module, via, jobs)
 
     state_why: dict[State, str | None] = {}
     transitions = []

@@ -11,7 +11,6 @@ Never 1 without evidence, and never an exception because of a store.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 from uidprobe import store
 from uidprobe.names import OBSERVED
@@ -19,16 +18,26 @@ from uidprobe.names import OBSERVED
 __all__ = ["Snapshot", "resolve"]
 
 
-@dataclass(frozen=True)
 class Snapshot:
-    """The config values and their provenance."""
+    """The config values and their provenance (a plain class: see store.py)."""
 
-    values: dict[str, int]
-    source: str  # "store", "probe" or "default"
-    reason: str  # one line: why this source
-    loaded: store.Loaded  # what reading the store found, valid or not
-    verdicts: dict[str, bool | None]
-    reasons: dict[str, str]
+    __slots__ = ("loaded", "reason", "reasons", "source", "values", "verdicts")
+
+    def __init__(
+        self,
+        values: dict[str, int],
+        source: str,  # "store", "probe" or "default"
+        reason: str,  # one line: why this source
+        loaded: store.Loaded,  # what reading the store found, valid or not
+        verdicts: dict[str, bool | None],
+        reasons: dict[str, str],
+    ) -> None:
+        self.values = values
+        self.source = source
+        self.reason = reason
+        self.loaded = loaded
+        self.verdicts = verdicts
+        self.reasons = reasons
 
     @property
     def age(self) -> float | None:

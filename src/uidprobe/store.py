@@ -20,16 +20,16 @@ the C engine or fork (invariant 5).
 
 from __future__ import annotations
 
-import contextlib
-import json
+import math
 import os
 import stat
-import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from uidprobe.names import OBSERVED, VERSION
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: see uidprobe/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "DEFAULT_PATH",
@@ -45,7 +45,7 @@ __all__ = [
     "unsafe_reason",
 ]
 
-DEFAULT_PATH = "/var/lib/uidprobe/verdicts.json"
+DEFAULT_PATH = "/var/lib/uidprobe/verdicts"
 ENV_VAR = "UIDPROBE_STORE"
 FORMAT = 1
 MAX_BYTES = 1 << 20  # a store is a few KiB; refuse to parse anything huge
@@ -55,28 +55,49 @@ class StoreError(OSError):
     """The store could not be written (the reason is in the message)."""
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: reading a store happens at import time of
+# uidprobe.config, and dataclasses (with inspect) would cost more than the read.
+
+
 class Stored:
     """One probe's persisted result."""
 
-    verdict: bool | None
-    value: int
-    reason: str
+    __slots__ = ("reason", "value", "verdict")
+
+    def __init__(self, verdict: bool | None, value: int, reason: str) -> None:
+        self.verdict = verdict
+        self.value = value
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Stored({self.verdict!r}, {self.value!r}, {self.reason!r})"
 
 
-@dataclass(frozen=True)
 class Loaded:
     """The outcome of reading a store: its contents, or why they were ignored."""
 
-    path: str
-    results: dict[str, Stored] | None  # None: ignored
-    reason: str  # why ignored, or "valid"
-    fingerprint: dict[str, Any] | None = None
-    created: float | None = None
+    __slots__ = ("created", "fingerprint", "path", "reason", "results")
+
+    def __init__(
+        self,
+        path: str,
+        results: dict[str, Stored] | None,  # None: ignored
+        reason: str,  # why ignored, or "valid"
+        fingerprint: dict[str, Any] | None = None,
+        created: float | None = None,
+    ) -> None:
+        self.path = path
+        self.results = results
+        self.reason = reason
+        self.fingerprint = fingerprint
+        self.created = created
 
     @property
     def valid(self) -> bool:
         return self.results is not None
+
+    def __repr__(self) -> str:
+        return f"Loaded({self.path!r}, valid={self.valid}, reason={self.reason!r})"
 
 
 def default_path() -> str:
@@ -97,11 +118,11 @@ def _libc() -> str:
     return f"{name} {version}".strip() or "unknown"
 
 
-def current_fingerprint() -> dict[str, Any]:
+def current_fingerprint() -> dict[str, str]:
     """What the verdicts depend on: kernel, C library, machine, uidprobe, format."""
     u = os.uname()
     return {
-        "format": FORMAT,
+        "format": str(FORMAT),
         "kernel_release": u.release,
         "kernel_version": u.version,
         "libc": _libc(),
@@ -157,35 +178,98 @@ def unsafe_reason(path: str, euid: int | None = None) -> str | None:
         d = parent
 
 
-# --------------------------------------------------------------- reading
+# ------------------------------------------------------------ file format
+#
+#   uidprobe-store 1
+#   created 1764009600.25
+#   fingerprint kernel_release 6.18.44-fc-v595
+#   ...
+#   result USESETEUID true 1 every call behaved as required: ...
+#   trace USESETEUID setresuid(1, 0, 0) [setup, must succeed]: ok; ...
+#   end
+#
+# One record per line, the last field running to the end of the line, with
+# backslash, newline and carriage return escaped.  Not JSON: the json module
+# needs re, and importing both would cost more than uidprobe.config's whole
+# import-time budget.  The "end" line makes a truncated file detectable.
+
+MAGIC = "uidprobe-store"
+_VERDICTS = {"true": True, "false": False, "none": None}
+_VERDICT_WORDS = {v: k for k, v in _VERDICTS.items()}
 
 
-def _parse(data: Any) -> tuple[dict[str, Stored], dict[str, Any], float] | str:
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            nxt = text[i + 1 : i + 2]
+            if nxt not in ("\\", "n", "r"):
+                raise ValueError(f"bad escape \\{nxt}")
+            out.append({"\\": "\\", "n": "\n", "r": "\r"}[nxt])
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _parse(text: str) -> tuple[dict[str, Stored], dict[str, Any], float] | str:
     """The store's contents, or why they are not acceptable."""
-    if not isinstance(data, dict):
-        return f"top level is {type(data).__name__}, not an object"
-    fp, created, results = data.get("fingerprint"), data.get("created"), data.get("results")
-    if not isinstance(fp, dict):
-        return "fingerprint is missing or not an object"
-    if isinstance(created, bool) or not isinstance(created, (int, float)):
-        return "created is missing or not a number"
-    if not isinstance(results, dict):
-        return "results is missing or not an object"
-    out: dict[str, Stored] = {}
-    for name in OBSERVED:
-        item = results.get(name)
-        if not isinstance(item, dict):
-            return f"no result for {name}"
-        verdict, value, reason = item.get("verdict"), item.get("value"), item.get("reason")
-        if verdict not in (True, False, None):
-            return f"{name}: verdict must be true, false or null"
-        expected = 1 if verdict is True else 0  # never 1 without a True verdict
-        if isinstance(value, bool) or value != expected:
-            return f"{name}: value {value!r} does not match verdict {verdict!r}"
-        if not isinstance(reason, str):
-            return f"{name}: reason is not a string"
-        out[name] = Stored(verdict, int(value), reason)
-    return out, fp, float(created)
+    lines = text.split("\n")
+    if lines[0] != f"{MAGIC} {FORMAT}":
+        if lines[0].startswith(MAGIC + " "):
+            return f"format {lines[0][len(MAGIC) + 1 :]!r} is not {FORMAT}"
+        return f"not a uidprobe store (first line {lines[0][:40]!r})"
+    if len(lines) < 3 or lines[-1] != "" or lines[-2] != "end":
+        return "no end line (truncated?)"
+    created: float | None = None
+    fp: dict[str, Any] = {}
+    results: dict[str, Stored] = {}
+    for number, line in enumerate(lines[1:-2], start=2):
+        kind, _, rest = line.partition(" ")
+        if kind == "created":
+            try:
+                created = float(rest)
+            except ValueError:
+                return f"line {number}: created is not a number"
+            if not math.isfinite(created):
+                return f"line {number}: created is not a finite number"
+        elif kind == "fingerprint":
+            key, _, value = rest.partition(" ")
+            if not key or key in fp:
+                return f"line {number}: missing or repeated fingerprint key"
+            fp[key] = _unescape(value)
+        elif kind == "result":
+            parts = rest.split(" ", 3)
+            if len(parts) != 4:
+                return f"line {number}: a result needs a name, verdict, value and reason"
+            name, word, value, reason = parts
+            if name not in OBSERVED or name in results:
+                return f"line {number}: unknown or repeated result {name!r}"
+            if word not in _VERDICTS:
+                return f"line {number}: {name}: verdict must be true, false or none"
+            verdict = _VERDICTS[word]
+            expected = 1 if verdict is True else 0  # never 1 without a True verdict
+            if value != str(expected):
+                return f"line {number}: {name}: value {value!r} does not match verdict {word}"
+            results[name] = Stored(verdict, expected, _unescape(reason))
+        elif kind == "trace":
+            continue  # kept for people auditing the store, not read
+        else:
+            return f"line {number}: unknown record {kind[:20]!r}"
+    if created is None:
+        return "no created line"
+    missing = [n for n in OBSERVED if n not in results]
+    if missing:
+        return f"no result for {missing[0]}"
+    return results, fp, created
 
 
 def _stale(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -218,10 +302,13 @@ def load(path: str | None = None, euid: int | None = None) -> Loaded:
         if not raw.strip():
             return Loaded(path, None, "invalid: the file is empty")
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            return Loaded(path, None, f"invalid: not JSON (truncated or corrupt?): {e}")
-        parsed = _parse(data)
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Loaded(path, None, "invalid: not UTF-8 text (corrupt?)")
+        try:
+            parsed = _parse(text)
+        except ValueError as e:
+            parsed = str(e)
         if isinstance(parsed, str):
             return Loaded(path, None, f"invalid: {parsed}")
         results, fp, created = parsed
@@ -238,27 +325,24 @@ def load(path: str | None = None, euid: int | None = None) -> Loaded:
 
 def serialise(results: dict[str, Any], created: float | None = None) -> bytes:
     """The store's bytes for ``results`` (name -> Result-like objects)."""
-    doc = {
-        "created": time.time() if created is None else created,
-        "fingerprint": current_fingerprint(),
-        "results": {
-            name: {
-                "verdict": r.verdict,
-                "value": r.value,
-                "reason": r.reason,
-                "trace": [line.describe() for line in r.trace],
-            }
-            for name, r in results.items()
-            if name in OBSERVED
-        },
-    }
-    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    lines = [f"{MAGIC} {FORMAT}", f"created {time.time() if created is None else created!r}"]
+    lines += [f"fingerprint {k} {_escape(v)}" for k, v in sorted(current_fingerprint().items())]
+    for name, r in results.items():
+        if name not in OBSERVED:
+            continue
+        lines.append(f"result {name} {_VERDICT_WORDS[r.verdict]} {r.value} {_escape(r.reason)}")
+        lines += [f"trace {name} {_escape(t.describe())}" for t in r.trace]
+    lines.append("end")
+    return ("\n".join(lines) + "\n").encode()
 
 
 def save(path: str, results: dict[str, Any]) -> None:
     """Write the store atomically: temp file in the same directory, fsync,
     rename, fsync the directory.  Readers see the old or the new file, never
     a partial one.  Mode 0644; missing directories are created 0755."""
+    import contextlib
+    import tempfile
+
     d = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(d, mode=0o755, exist_ok=True)

@@ -41,14 +41,25 @@ def declared_saved_ids() -> Result:
     return Result(DECLARED, verdict, reason, (), meaning, "declared")
 
 
+_FEATURES: dict[int, engine.Features] = {}
+
+
 def runtime_features(timeout: float, module: Any = None) -> engine.Features:
     """The optional calls that exist at build time *and* work at run time.
 
     A C library may export setresuid as a stub that fails with ENOSYS (glibc
     does so where the kernel lacks the call), and a sandbox may refuse it the
     same way.  ``setresuid(-1, -1, -1)`` changes nothing and is allowed to
-    anyone, so one child answers for both calls.
+    anyone, so one child answers for both calls.  The answer is kept for the
+    life of the process: its C library does not change.
     """
+    key = id(module)
+    if key not in _FEATURES:
+        _FEATURES[key] = _measure_features(timeout, module)
+    return _FEATURES[key]
+
+
+def _measure_features(timeout: float, module: Any) -> engine.Features:
     built = engine.features(module)
     if not (built.setresuid or built.setresgid):
         return built

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""uidprobe benchmarks: every figure is a ratio measured side by side, in one run.
+
+    python benchmarks/bench.py            # as root (the probes need it)
+    python benchmarks/bench.py --quick    # fewer repetitions, smaller callers
+
+1. The full probe suite against its floor: a C loop of the same number of bare
+   fork/_exit/waitpid (the suite forks one child per probe plus one that checks
+   setresuid works).  Target: the suite within 5 ms for a small caller.
+2. ``import uidprobe.config`` and reading a value with a valid store, against a
+   bare interpreter start.  Target: at most 3 ms added, no C extension loaded.
+3. The probe suite from a caller holding 50 MB, 1 GB and 4 GB of touched memory,
+   against one fork of that same caller.  Target: within 2x a single fork at 1 GB.
+4. The full uid transition model against its floor (2,376 bare forks).
+   Target: within 2x.
+
+Timings are medians over interleaved repetitions; the machine is shared and
+noisy, which is why the targets are checked here and never in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def build_floor(tmp: Path) -> Path:
+    exe = tmp / "floor"
+    subprocess.run(["cc", "-O2", "-o", str(exe), str(HERE / "floor.c")], check=True)
+    return exe
+
+
+def floor_seconds(exe: Path, n: int) -> float:
+    return float(subprocess.run([str(exe), str(n)], capture_output=True, text=True, check=True).stdout)
+
+
+def median_interleaved(a, b, reps: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    xs, ys = [], []
+    for _ in range(reps):
+        xs.append(a())
+        ys.append(b())
+    return statistics.median(xs), statistics.median(ys)
+
+
+def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def row(name: str, value: float, reference: float, unit_scale: float, unit: str, target: str) -> None:
+    ratio = value / reference if reference else float("inf")
+    print(
+        f"{name:<44} {value * unit_scale:10.2f} {unit:<3} {reference * unit_scale:10.2f} {unit:<3} "
+        f"{ratio:7.2f}x   {target}"
+    )
+
+
+def bench_suite(floor: Path, reps: int) -> None:
+    from uidprobe import suite
+
+    suite.run()  # warm: loads the engine once
+    children = len(suite.NAMES)  # one per probe (POSIX_SAVED_IDS is sysconf) plus the setresuid check
+    s, f = median_interleaved(lambda: timed(suite.run), lambda: floor_seconds(floor, children), reps)
+    row(f"1. probe suite ({children} children)", s, f, 1e3, "ms", "suite <= 5 ms")
+
+
+def bench_import(reps: int, tmp: Path) -> None:
+    from uidprobe import store, suite
+
+    d = tmp / "store"
+    d.mkdir(mode=0o755)
+    path = d / "verdicts"
+    store.save(str(path), suite.run())
+    env = {**os.environ, store.ENV_VAR: str(path)}
+    check = (
+        "import sys, uidprobe.config as c; assert c.SOURCE == 'store', c.REASON; "
+        "assert 'uidprobe._engine' not in sys.modules; c.USESETEUID"
+    )
+    subprocess.run([sys.executable, "-c", check], env=env, check=True)  # the claim, checked once
+
+    def start(code: str) -> float:
+        return timed(lambda: subprocess.run([sys.executable, "-c", code], env=env, check=True))
+
+    imp, bare = median_interleaved(
+        lambda: start("import uidprobe.config as c; c.USESETEUID"), lambda: start("pass"), reps
+    )
+    row("2. import uidprobe.config (valid store)", imp, bare, 1e3, "ms", f"adds {(imp - bare) * 1e3:.2f} ms (<= 3)")
+
+
+CALLER = r"""
+import json, os, statistics, sys, time
+size = int(sys.argv[1]); reps = int(sys.argv[2])
+ballast = bytearray(size)
+for i in range(0, size, 4096):
+    ballast[i] = 1                      # touch every page: resident, not just reserved
+from uidprobe import suite
+suite.run()
+def fork_once():
+    t = time.perf_counter(); pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0); return time.perf_counter() - t
+def suite_once():
+    t = time.perf_counter(); suite.run(); return time.perf_counter() - t
+f, s = [], []
+for _ in range(reps):
+    f.append(fork_once()); s.append(suite_once())
+print(json.dumps([statistics.median(s), statistics.median(f)]))
+"""
+
+
+def bench_big_callers(sizes: list[tuple[str, int]], reps: int) -> None:
+    for label, size in sizes:
+        out = subprocess.run(
+            [sys.executable, "-c", CALLER, str(size), str(reps)], capture_output=True, text=True, check=True
+        ).stdout
+        s, f = json.loads(out)
+        target = "<= 2x one fork" if label == "1 GB" else ""
+        row(f"3. suite from a {label} caller vs one fork of it", s, f, 1e3, "ms", target)
+
+
+def bench_model(floor: Path, reps: int) -> None:
+    from uidprobe import model
+
+    model.build("uid")  # warm
+    n = 27 * 88
+    cpus = min(4, os.cpu_count() or 1)
+    for jobs in sorted({1, cpus}):
+        m, f = median_interleaved(
+            lambda j=jobs: timed(lambda: model.build("uid", jobs=j)), lambda: floor_seconds(floor, n), reps
+        )
+        how = "one runner" if jobs == 1 else f"{jobs} runners (the default)"
+        row(f"4. full uid model ({n} children), {how}", m, f, 1e3, "ms", "<= 2x" if jobs == cpus else "")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and no 4 GB caller")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench.py: run as root: the probes need it", file=sys.stderr)
+        return 77
+    if shutil.which("cc") is None:
+        print("bench.py: needs a C compiler for the fork floor", file=sys.stderr)
+        return 1
+    reps = 5 if args.quick else 21
+    sizes = [("50 MB", 50 << 20), ("1 GB", 1 << 30)] + ([] if args.quick else [("4 GB", 4 << 30)])
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        floor = build_floor(tmp)
+        print(f"{'measurement':<44} {'uidprobe':>14} {'reference':>14} {'ratio':>8}   target")
+        bench_suite(floor, reps * 3)
+        bench_import(reps, tmp)
+        bench_big_callers(sizes, max(3, reps // 3))
+        bench_model(floor, max(3, reps // 4))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
