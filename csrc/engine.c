@@ -400,7 +400,7 @@ int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
 
 extern char **environ;
 
-static int write_full(int fd, const void *buf, size_t len)
+int up_write_all(int fd, const void *buf, size_t len)
 {
     const char *p = buf;
     while (len > 0) {
@@ -415,19 +415,22 @@ static int write_full(int fd, const void *buf, size_t len)
     return 0;
 }
 
-// Read exactly len bytes before the deadline.  0 on success, -1 on EOF or
-// error (errno set; ETIMEDOUT when the deadline passed).
-static int read_full(int fd, void *buf, size_t len, long long deadline)
+int up_read_exact(int fd, void *buf, size_t len, int timeout_ms)
 {
     char *p = buf;
+    long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
     while (len > 0) {
-        long long left = deadline - now_ms();
-        if (left <= 0) {
-            errno = ETIMEDOUT;
-            return -1;
+        int wait = -1;
+        if (deadline >= 0) {
+            long long left = deadline - now_ms();
+            if (left <= 0) {
+                errno = ETIMEDOUT;
+                return -1;
+            }
+            wait = left > 1000000 ? 1000000 : (int)left;
         }
         struct pollfd pf = {.fd = fd, .events = POLLIN};
-        int r = poll(&pf, 1, left > 1000000 ? 1000000 : (int)left);
+        int r = poll(&pf, 1, wait);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
@@ -504,9 +507,9 @@ int up_spawn_batch(const char *runner,
     sigaddset(&pipe_set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
     int werr = 0;
-    if (write_full(in[1], &h, sizeof h) != 0 ||
-        write_full(in[1], counts, (size_t)nscenarios * sizeof *counts) != 0 ||
-        write_full(in[1], steps, (size_t)total * sizeof *steps) != 0)
+    if (up_write_all(in[1], &h, sizeof h) != 0 ||
+        up_write_all(in[1], counts, (size_t)nscenarios * sizeof *counts) != 0 ||
+        up_write_all(in[1], steps, (size_t)total * sizeof *steps) != 0)
         werr = errno;
     close_retry(in[1]);
     if (werr == EPIPE) {
@@ -518,11 +521,12 @@ int up_spawn_batch(const char *runner,
 
     // Every child is killed at its own deadline by the runner; this bound
     // only guards against a runner that is itself stuck.
-    long long deadline = now_ms() + (long long)timeout_ms * (nscenarios + 1) + 5000;
+    long long budget = (long long)timeout_ms * (nscenarios + 1) + 5000;
+    int limit = budget > 0x7fffffff ? 0x7fffffff : (int)budget;
     int rc = 0;
     for (int i = 0; i < nscenarios && rc == 0 && werr == 0; i++) {
         struct up_outcome *o = &outcomes[i];
-        if (read_full(out[0], o, sizeof *o, deadline) != 0) {
+        if (up_read_exact(out[0], o, sizeof *o, limit) != 0) {
             int e = errno;
             memset(o, 0, sizeof *o);
             fail(o, "runner", e);
@@ -531,8 +535,8 @@ int up_spawn_batch(const char *runner,
         }
         o->failed_call = o->error ? "fork (in the runner)" : NULL;
         if (o->nrecords < 0 || o->nrecords > counts[i] ||
-            read_full(out[0], records + (size_t)i * UP_MAX_STEPS,
-                      (size_t)o->nrecords * sizeof *records, deadline) != 0) {
+            up_read_exact(out[0], records + (size_t)i * UP_MAX_STEPS,
+                          (size_t)o->nrecords * sizeof *records, limit) != 0) {
             int e = errno ? errno : EPROTO;
             memset(o, 0, sizeof *o);
             fail(o, "runner", e);

@@ -6,6 +6,8 @@
 #ifndef UIDPROBE_ENGINE_H
 #define UIDPROBE_ENGINE_H
 
+#include <stddef.h>
+
 // Operations a step can perform.  The numbering is part of the ABI between
 // this file and src/uidprobe/engine.py; append, never renumber.
 #define UP_OP_SETUID 1
@@ -98,6 +100,12 @@ struct up_batch_header {
 // `outcomes` as up_run_batch().  Returns 0 when every scenario ran; -1 with
 // outcomes[0].error/failed_call set when the runner could not be started or
 // failed (the caller may then fall back to up_run_batch()).
+// I/O helpers shared with the runner (not part of the Python-facing API):
+// write all of buf, and read exactly len bytes (timeout_ms < 0: no deadline).
+// Both retry EINTR and short transfers; -1 with errno on failure or EOF.
+int up_write_all(int fd, const void *buf, size_t len);
+int up_read_exact(int fd, void *buf, size_t len, int timeout_ms);
+
 int up_spawn_batch(const char *runner,
                    const struct up_step *steps, const int *counts, int nscenarios,
                    struct up_record *records, struct up_outcome *outcomes,

@@ -15,40 +15,7 @@
  */
 #include "engine.h"
 
-#include <errno.h>
 #include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-
-static int read_all(int fd, void *buf, size_t len)
-{
-    char *p = buf;
-    while (len > 0) {
-        ssize_t n = read(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-static int write_all(int fd, const void *buf, size_t len)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
 
 // Scenarios run per chunk, so memory stays small whatever the batch size.
 #define CHUNK 64
@@ -56,7 +23,7 @@ static int write_all(int fd, const void *buf, size_t len)
 int main(void)
 {
     struct up_batch_header h;
-    if (read_all(0, &h, sizeof h) != 0 || h.magic != UP_BATCH_MAGIC || h.nscenarios < 0 ||
+    if (up_read_exact(0, &h, sizeof h, -1) != 0 || h.magic != UP_BATCH_MAGIC || h.nscenarios < 0 ||
         h.total_steps < 0 || h.timeout_ms <= 0)
         return 1;
     int *counts = calloc((size_t)h.nscenarios + 1, sizeof *counts);
@@ -65,8 +32,8 @@ int main(void)
     struct up_outcome *outcomes = calloc(CHUNK, sizeof *outcomes);
     if (!counts || !steps || !records || !outcomes)
         return 1;
-    if (read_all(0, counts, (size_t)h.nscenarios * sizeof *counts) != 0 ||
-        read_all(0, steps, (size_t)h.total_steps * sizeof *steps) != 0)
+    if (up_read_exact(0, counts, (size_t)h.nscenarios * sizeof *counts, -1) != 0 ||
+        up_read_exact(0, steps, (size_t)h.total_steps * sizeof *steps, -1) != 0)
         return 1;
     long long sum = 0;
     for (int i = 0; i < h.nscenarios; i++) {
@@ -86,8 +53,8 @@ int main(void)
         for (int i = 0; i < n; i++) {
             struct up_outcome o = outcomes[i];
             o.failed_call = NULL; // a pointer means nothing in the caller's process
-            if (write_all(1, &o, sizeof o) != 0 ||
-                write_all(1, records + (size_t)i * UP_MAX_STEPS,
+            if (up_write_all(1, &o, sizeof o) != 0 ||
+                up_write_all(1, records + (size_t)i * UP_MAX_STEPS,
                           (size_t)o.nrecords * sizeof *records) != 0)
                 return 3;
             s += counts[done + i];

@@ -97,6 +97,20 @@ def run_python(
     )
 
 
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m uidprobe ARGS`` as a user runs it (optionally under ``prefix``)."""
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "uidprobe", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
 PROBE_JSON = (
     "import json, uidprobe\n"
     "res = uidprobe.probe(timeout={timeout!r})\n"

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,22 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import AS_NOBODY, requires_cc, requires_root, requires_tools
+from conftest import run_cli as uidprobe
 from uidprobe import cli, store
 from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result
-
-
-def uidprobe(
-    *args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "uidprobe", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
 
 
 @pytest.fixture
@@ -128,8 +114,9 @@ def test_list_names_every_probe() -> None:
         (["check", "NOPE"], "unknown probe 'NOPE'"),
         (["explain"], "the following arguments are required: NAME"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
-        (["--uids", "1,2"], "expected exactly three ids"),
-        (["--uids", "a,b,c"], "expected U,A,B as three integers"),
+        (["--uids", "1,2"], "expected exactly 3 ids U,A,B"),
+        (["--uids", "a,b,c"], "expected U,A,B as 3 integers"),
+        (["model", "--ids", "1"], "expected exactly 2 ids A,B"),
         (["--uids", "0,1,2"], "0 is not a usable id"),
         (["--timeout", "-1"], "timeout must be in (0, 3600]"),
         (["export", "yaml"], "invalid choice: 'yaml'"),

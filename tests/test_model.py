@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import AS_NOBODY, requires_root, requires_tools, run_python
+from conftest import run_cli as uidprobe
 from uidprobe import cli, model, suite
 from uidprobe.model import Model
 
@@ -142,18 +140,6 @@ def test_lying_success_shows_up_as_silent_failures(faults_so: Path) -> None:
 
 
 # ----------------------------------------------------------------- CLI
-
-
-def uidprobe(
-    *args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "uidprobe", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 def test_cli_diff_lists_exactly_the_transitions_a_broken_seteuid_changes(tmp_path: Path, faults_so: Path) -> None:

@@ -74,23 +74,23 @@ def test_declared_posix_saved_ids_is_labelled_as_declared() -> None:
 
 @requires_root
 @requires_tools
-def test_as_nobody_every_probe_is_undetermined_with_the_reason() -> None:
-    results = probe_in_subprocess(prefix=AS_NOBODY)
+@pytest.mark.parametrize(
+    ("prefix", "phrase"),
+    [
+        (AS_NOBODY, "not root (euid 65534) and lacks CAP_SETUID"),
+        (
+            ["setpriv", "--inh-caps=-setuid,-setgid", "--bounding-set=-setuid,-setgid"],
+            "runs as root but without CAP_SETUID",
+        ),
+    ],
+    ids=["nobody", "root-without-setuid-caps"],
+)
+def test_without_privilege_every_probe_is_undetermined_with_the_reason(prefix: list[str], phrase: str) -> None:
+    results = probe_in_subprocess(prefix=prefix)
     for name in OBSERVED:
         verdict, reason = results[name]
         assert verdict is None, name
-        assert "not root (euid 65534) and lacks CAP_SETUID" in reason
-
-
-@requires_root
-@requires_tools
-def test_root_without_setuid_capabilities_is_undetermined_not_broken() -> None:
-    drop = ["setpriv", "--inh-caps=-setuid,-setgid", "--bounding-set=-setuid,-setgid"]
-    results = probe_in_subprocess(prefix=drop)
-    for name in OBSERVED:
-        verdict, reason = results[name]
-        assert verdict is None, name
-        assert "runs as root but without CAP_SETUID" in reason
+        assert phrase in reason
 
 
 @requires_root

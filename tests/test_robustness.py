@@ -112,8 +112,7 @@ def test_crashing_or_hanging_children_leave_the_caller_intact_and_no_zombie(
         "'POSIX_SAVED_IDS']}))\n"
         "print(res['USESETEUID'].reason)\n"
     )
-    env = {"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": profile,
-           "PYTHONPATH": str(Path(__file__).parent)}
+    env = {"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": profile, "PYTHONPATH": str(Path(__file__).parent)}
     proc = run_python(code, env=env)
     first, reason = proc.stdout.splitlines()
     data = json.loads(first)
@@ -126,8 +125,7 @@ def test_crashing_or_hanging_children_leave_the_caller_intact_and_no_zombie(
 
 @requires_tools
 def test_a_non_root_caller_with_cap_setuid_alone_tests_uids_but_not_gids() -> None:
-    caps = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
-            "--inh-caps=+setuid", "--ambient-caps=+setuid"]
+    caps = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "--inh-caps=+setuid", "--ambient-caps=+setuid"]
     proc = run_python(
         "import json, uidprobe; print(json.dumps({n: [r.verdict, r.reason] for n, r in uidprobe.probe().items()}))",
         prefix=caps,
@@ -143,8 +141,14 @@ def test_a_non_root_caller_with_cap_setuid_alone_tests_uids_but_not_gids() -> No
 
 @requires_tools
 def test_a_non_root_caller_with_both_capabilities_tests_everything() -> None:
-    caps = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
-            "--inh-caps=+setuid,+setgid", "--ambient-caps=+setuid,+setgid"]
+    caps = [
+        "setpriv",
+        "--reuid=1000",
+        "--regid=1000",
+        "--clear-groups",
+        "--inh-caps=+setuid,+setgid",
+        "--ambient-caps=+setuid,+setgid",
+    ]
     proc = run_python(
         "import json, uidprobe; print(json.dumps({n: r.verdict for n, r in uidprobe.probe().items()}))",
         prefix=caps,
@@ -179,7 +183,7 @@ for _ in range(int(sys.argv[1])):
     if source != "store" or any(values[n] != 1 for n in %r):
         bad.append([source, reason])
 print(json.dumps(bad[:3] + [len(bad)]))
-""" % (OBSERVED,)
+""".replace("%r", repr(OBSERVED))
 
 
 def test_configure_racing_with_imports_in_other_processes(shared_store: Path) -> None:
@@ -187,8 +191,9 @@ def test_configure_racing_with_imports_in_other_processes(shared_store: Path) ->
     cmd = [sys.executable, "-m", "uidprobe", "configure"]
     subprocess.run(cmd, env=env, check=True, capture_output=True)  # a store exists before readers start
     configurers = [
-        subprocess.Popen(["sh", "-c", f'for i in 1 2 3 4 5 6 7 8; do "$@" >/dev/null || exit 1; done', "sh", *cmd],
-                         env=env)
+        subprocess.Popen(
+            ["sh", "-c", 'for i in 1 2 3 4 5 6 7 8; do "$@" >/dev/null || exit 1; done', "sh", *cmd], env=env
+        )
         for _ in range(3)
     ]
     importers = [

@@ -75,14 +75,26 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _ids(text: str) -> tuple[int, int, int]:
+def _int_list(text: str, names: str) -> tuple[int, ...]:
+    """Comma-separated integers, exactly as many as ``names`` ("U,A,B")."""
+    count = len(names.split(","))
     try:
         parts = tuple(int(p) for p in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected U,A,B as three integers, got {text!r}") from None
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected exactly three ids U,A,B, got {text!r}")
-    return parts[0], parts[1], parts[2]
+        raise argparse.ArgumentTypeError(f"expected {names} as {count} integers, got {text!r}") from None
+    if len(parts) != count:
+        raise argparse.ArgumentTypeError(f"expected exactly {count} ids {names}, got {text!r}")
+    return parts
+
+
+def _ids(text: str) -> tuple[int, int, int]:
+    u, a, b = _int_list(text, "U,A,B")
+    return u, a, b
+
+
+def _pair(text: str) -> tuple[int, int]:
+    a, b = _int_list(text, "A,B")
+    return a, b
 
 
 def _timeout(text: str) -> float:
@@ -187,14 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the transitions where two saved models differ; exit 1 if any",
     )
     return parser
-
-
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        a, b = (int(p) for p in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected A,B as two integers, got {text!r}") from None
-    return a, b
 
 
 def _store_option(p: argparse.ArgumentParser) -> None:
