@@ -348,24 +348,6 @@ static void copy_records(const struct up_shared *sh, int nsteps,
         records[out->nrecords++] = sh->records[i];
 }
 
-int up_run(const struct up_step *steps, int nsteps,
-           struct up_record *records, int maxrecords,
-           int timeout_ms, struct up_outcome *out)
-{
-    memset(out, 0, sizeof *out);
-    if (nsteps < 0 || nsteps > UP_MAX_STEPS || timeout_ms <= 0) {
-        fail(out, "up_run", EINVAL);
-        return -1;
-    }
-    struct up_shared *sh = map_shared(out);
-    if (sh == NULL)
-        return -1;
-    int rc = run_one(sh, steps, nsteps, timeout_ms, out);
-    copy_records(sh, nsteps, records, maxrecords, out);
-    munmap(sh, sizeof *sh);
-    return rc;
-}
-
 int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
                  struct up_record *records, struct up_outcome *outcomes,
                  int timeout_ms)

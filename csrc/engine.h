@@ -52,7 +52,7 @@ struct up_record {
 
 struct up_outcome {
     int nrecords;        // records stored in the caller's array
-    int completed;       // the child wrote the end marker: it ran every step
+    int completed;       // the child ran every step and marked the trace complete
     int timed_out;       // the parent killed the child after the deadline
     int exited;          // exit status known and the child exited ...
     int exit_code;       // ... with this code
@@ -64,14 +64,8 @@ struct up_outcome {
     const char *failed_call; // name of the call that failed, or NULL
 };
 
-// Run `nsteps` steps in a forked child.  Records for up to `maxrecords`
-// steps are stored in `records`.  Returns 0 when a child ran (whatever it
-// did) and -1 when the parent could not run one (see out->failed_call).
-int up_run(const struct up_step *steps, int nsteps,
-           struct up_record *records, int maxrecords,
-           int timeout_ms, struct up_outcome *out);
-
-// Run `nscenarios` step lists back to back, one child each.  Scenario i has
+// Run `nscenarios` step lists back to back, each in a child forked from this
+// process; the child is killed after timeout_ms.  Scenario i has
 // counts[i] steps, taken in order from `steps`; its records start at
 // records + i * UP_MAX_STEPS.  Stops at the first parent-side failure and
 // returns -1; otherwise returns 0.

@@ -57,9 +57,6 @@ struct up_outcome {
     int exited; int exit_code; int signaled; int signal;
     int wait_errno; int error; const char *failed_call;
 };
-int up_run(const struct up_step *steps, int nsteps,
-           struct up_record *records, int maxrecords,
-           int timeout_ms, struct up_outcome *out);
 int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
                  struct up_record *records, struct up_outcome *outcomes,
                  int timeout_ms);
