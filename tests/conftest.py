@@ -19,25 +19,11 @@ from typing import Any
 
 import pytest
 
+from procinfo import identity
+
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 NOBODY = 65534
-
-
-def identity() -> dict[str, Any]:
-    """Everything invariant 1 protects, read from this process."""
-    caps = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("Cap", "NoNewPrivs")):
-                key, value = line.split(":", 1)
-                caps[key] = value.strip()
-    return {
-        "uids": os.getresuid(),
-        "gids": os.getresgid(),
-        "groups": sorted(os.getgroups()),
-        "caps": caps,
-    }
 
 
 def _have_setid_caps() -> bool:
@@ -55,6 +41,35 @@ requires_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C c
 requires_tools = pytest.mark.skipif(
     shutil.which("setpriv") is None or shutil.which("unshare") is None,
     reason="needs util-linux setpriv and unshare",
+)
+
+
+def _interpreter_runs_as_another_user() -> bool:
+    """Can this interpreter start at all as nobody?  Not when it lives under
+    a private directory (pyenv under /root with a shared libpython)."""
+    if not (PRIVILEGED and shutil.which("setpriv")):
+        return False
+    proc = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "import uidprobe",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    return proc.returncode == 0
+
+
+#: Tests that run this interpreter as another user (nobody, uid 1000).
+requires_other_user = pytest.mark.skipif(
+    not _interpreter_runs_as_another_user(),
+    reason="needs root, setpriv, and an interpreter that other users can run (this one is installed "
+    "somewhere they cannot read)",
 )
 
 

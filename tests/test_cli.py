@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import AS_NOBODY, requires_cc, requires_root, requires_tools
+from conftest import AS_NOBODY, requires_cc, requires_other_user, requires_root, requires_tools
 from conftest import run_cli as uidprobe
 from uidprobe import cli, store
 from uidprobe.names import OBSERVED
@@ -77,6 +77,7 @@ def test_check_exits_1_when_the_verdict_is_no(faults_so: Path) -> None:
 
 @requires_root
 @requires_tools
+@requires_other_user
 def test_check_exits_2_when_undetermined() -> None:
     p = uidprobe("check", "-q", "USESETEUID", prefix=AS_NOBODY)
     assert p.returncode == cli.EX_UNDETERMINED and p.stdout == ""
@@ -95,6 +96,7 @@ def test_explain_says_what_each_id_should_be_and_is(faults_so: Path) -> None:
 
 @requires_root
 @requires_tools
+@requires_other_user
 def test_explain_without_privilege_says_no_child_ran() -> None:
     p = uidprobe("explain", "HASSETREUID", prefix=AS_NOBODY)
     assert "no child ran" in p.stdout and "undetermined" in p.stdout
@@ -195,6 +197,7 @@ def test_configure_uses_the_environment_store_path(store_dir: Path) -> None:
 
 @requires_root
 @requires_tools
+@requires_other_user
 def test_configure_as_non_root_exits_77_and_writes_nothing(store_dir: Path) -> None:
     path = store_dir / "verdicts"
     store_dir.chmod(0o777)

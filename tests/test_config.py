@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import AS_NOBODY, requires_cc, requires_root, requires_tools
+from conftest import AS_NOBODY, requires_cc, requires_other_user, requires_root, requires_tools
 from uidprobe import scenarios, store
 from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result
@@ -92,6 +92,7 @@ def test_without_a_store_a_privileged_process_probes_in_memory_and_writes_nothin
 
 @requires_root
 @requires_tools
+@requires_other_user
 def test_without_a_store_an_unprivileged_process_gets_all_0_with_the_reason(store_dir: Path) -> None:
     data = import_config(store_dir / "verdicts", prefix=AS_NOBODY)
     assert data["source"] == "default"
@@ -102,6 +103,7 @@ def test_without_a_store_an_unprivileged_process_gets_all_0_with_the_reason(stor
 
 @requires_root
 @requires_tools
+@requires_other_user
 def test_unprivileged_process_trusts_a_root_owned_store(store_dir: Path) -> None:
     path = store_dir / "verdicts"
     write_store(path, {})

@@ -10,29 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import identity, requires_root, run_python
+from conftest import requires_root, run_python
+from procinfo import identity, open_fds, zombies_of_this_process
 from uidprobe import _engine, engine
 from uidprobe.engine import Op, Step
-
-
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def zombies_of_this_process() -> list[str]:
-    me = str(os.getpid())
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z" and fields[1] == me:
-            found.append(pid)
-    return found
 
 
 def test_python_limits_match_the_compiled_engine() -> None:

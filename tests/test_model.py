@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import AS_NOBODY, requires_root, requires_tools, run_python
+from conftest import AS_NOBODY, requires_other_user, requires_root, requires_tools, run_python
 from conftest import run_cli as uidprobe
 from uidprobe import cli, model, suite
 from uidprobe.model import Model
@@ -169,6 +169,7 @@ def test_cli_diff_of_a_non_model_exits_65(tmp_path: Path) -> None:
 
 
 @requires_tools
+@requires_other_user
 def test_cli_model_without_privilege_exits_77() -> None:
     p = uidprobe("model", prefix=AS_NOBODY)
     assert p.returncode == cli.EX_NOPERM and "needs root" in p.stderr

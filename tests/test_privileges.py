@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from conftest import identity, requires_root, run_python
+from conftest import requires_root, run_python
+from procinfo import identity
 from uidprobe.privileges import (
     InvalidTargetError,
     Mechanism,

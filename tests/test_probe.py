@@ -17,14 +17,15 @@ import uidprobe
 from conftest import (
     AS_NOBODY,
     ROOT,
-    identity,
     in_user_namespace,
     probe_in_subprocess,
     requires_cc,
+    requires_other_user,
     requires_root,
     requires_tools,
     run_python,
 )
+from procinfo import identity
 from uidprobe import suite
 
 OBSERVED = [n for n in suite.NAMES if n != suite.DECLARED]
@@ -77,7 +78,7 @@ def test_declared_posix_saved_ids_is_labelled_as_declared() -> None:
 @pytest.mark.parametrize(
     ("prefix", "phrase"),
     [
-        (AS_NOBODY, "not root (euid 65534) and lacks CAP_SETUID"),
+        pytest.param(AS_NOBODY, "not root (euid 65534) and lacks CAP_SETUID", marks=requires_other_user),
         (
             ["setpriv", "--inh-caps=-setuid,-setgid", "--bounding-set=-setuid,-setgid"],
             "runs as root but without CAP_SETUID",
@@ -188,7 +189,7 @@ def test_sandbox_refusing_every_call_makes_every_probe_undetermined(faults_so: P
 @pytest.mark.parametrize(("profile", "phrase"), [("crash", "killed by SIGSEGV"), ("hang", "timed out")])
 def test_crashing_or_hanging_children_make_every_probe_undetermined(faults_so: Path, profile: str, phrase: str) -> None:
     code = (
-        "import json, uidprobe\nfrom conftest import identity\n"
+        "import json, uidprobe\nfrom procinfo import identity\n"
         "before = identity()\n"
         "res = uidprobe.probe(timeout=0.2)\n"
         "print(json.dumps({'same': identity() == before, "

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_root, requires_tools, run_python
-from test_engine import open_fds, zombies_of_this_process
+from conftest import requires_other_user, requires_root, requires_tools, run_python
+from procinfo import open_fds, zombies_of_this_process
 from uidprobe import engine, suite
 from uidprobe.names import OBSERVED
 
@@ -102,7 +102,7 @@ def test_crashing_or_hanging_children_leave_the_caller_intact_and_no_zombie(
     faults_so: Path, profile: str, phrase: str, transport: str
 ) -> None:
     code = (
-        "import json, os\nfrom conftest import identity\nfrom test_engine import zombies_of_this_process\n"
+        "import json, os\nfrom procinfo import identity, zombies_of_this_process\n"
         "from uidprobe import engine, suite\n"
         f"if {transport!r} == 'fork':\n    engine.runner_path = lambda module=None: None\n"
         "before = identity()\n"
@@ -124,6 +124,7 @@ def test_crashing_or_hanging_children_leave_the_caller_intact_and_no_zombie(
 
 
 @requires_tools
+@requires_other_user
 def test_a_non_root_caller_with_cap_setuid_alone_tests_uids_but_not_gids() -> None:
     caps = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "--inh-caps=+setuid", "--ambient-caps=+setuid"]
     proc = run_python(
@@ -140,6 +141,7 @@ def test_a_non_root_caller_with_cap_setuid_alone_tests_uids_but_not_gids() -> No
 
 
 @requires_tools
+@requires_other_user
 def test_a_non_root_caller_with_both_capabilities_tests_everything() -> None:
     caps = [
         "setpriv",
