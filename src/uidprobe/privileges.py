@@ -179,6 +179,12 @@ def _describe(fn: Callable[..., None], args: tuple[int, ...]) -> str:
     return f"{fn.__name__}({', '.join(map(str, args))})"
 
 
+def _step(fn: Callable[..., None], *args: int, **expected: object) -> Identity:
+    """Make one call, then read every id back and check ``expected``."""
+    _call(fn, *args)
+    return _verify(_describe(fn, args), **expected)
+
+
 def _verify(after: str, **expected: object) -> Identity:
     """Read every id back and compare with ``expected`` (None: not checked)."""
     now = current_identity()
@@ -283,44 +289,34 @@ class Switcher:
     def _temp_uid(self, s: Identity, uid: int) -> None:
         r, _, sv = s.uids
         if self.mechanism.uid == "setresuid":
-            _call(os.setresuid, -1, uid, -1)
-            _verify(f"setresuid(-1, {uid}, -1)", uids=(r, uid, sv))
+            _step(os.setresuid, -1, uid, -1, uids=(r, uid, sv))
         elif self.mechanism.uid == "setreuid":
             # Real 0 is what lets setreuid(-1, 0) come back (sendmail's t_setreuid).
-            _call(os.setreuid, 0, uid)
-            _verify(f"setreuid(0, {uid})", uids=(0, uid, uid))
+            _step(os.setreuid, 0, uid, uids=(0, uid, uid))
         else:
             if sv != 0 and r != 0:
                 raise NoMechanismError("seteuid cannot come back: neither the real nor the saved uid is 0")
-            _call(os.seteuid, uid)
-            _verify(f"seteuid({uid})", uids=(r, uid, sv))
+            _step(os.seteuid, uid, uids=(r, uid, sv))
 
     def _restore_uid(self, s: Identity) -> None:
         r, e, sv = s.uids
         now = current_identity().uids
         if self.mechanism.uid == "setresuid":
-            _call(os.setresuid, r, e, sv)
-            _verify(f"setresuid({r}, {e}, {sv})", uids=s.uids)
+            _step(os.setresuid, r, e, sv, uids=s.uids)
         elif self.mechanism.uid == "setreuid":
-            _call(os.setreuid, -1, 0)
-            _verify("setreuid(-1, 0)", uids=(now[0], 0, _setreuid_saved(now[0], -1, 0, now[2])))
-            _call(os.setreuid, r, e)
-            _verify(f"setreuid({r}, {e})", uids=s.uids)
+            _step(os.setreuid, -1, 0, uids=(now[0], 0, _setreuid_saved(now[0], -1, 0, now[2])))
+            _step(os.setreuid, r, e, uids=s.uids)
         else:
-            _call(os.seteuid, e)
-            _verify(f"seteuid({e})", uids=s.uids)
+            _step(os.seteuid, e, uids=s.uids)
 
     def _temp_gid(self, s: Identity, gid: int) -> None:
         r, _, sv = s.gids
         if self.mechanism.gid == "setresgid":
-            _call(os.setresgid, -1, gid, -1)
-            _verify(f"setresgid(-1, {gid}, -1)", gids=(r, gid, sv))
+            _step(os.setresgid, -1, gid, -1, gids=(r, gid, sv))
         elif self.mechanism.gid == "setregid":
-            _call(os.setregid, -1, gid)
-            _verify(f"setregid(-1, {gid})", gids=(r, gid, _setreuid_saved(r, -1, gid, sv)))
+            _step(os.setregid, -1, gid, gids=(r, gid, _setreuid_saved(r, -1, gid, sv)))
         else:
-            _call(os.setegid, gid)
-            _verify(f"setegid({gid})", gids=(r, gid, sv))
+            _step(os.setegid, gid, gids=(r, gid, sv))
 
     def _restore_gid(self, s: Identity) -> None:
         r, e, sv = s.gids
