@@ -177,3 +177,14 @@ def test_cli_model_without_privilege_exits_77() -> None:
 
 def test_cli_model_dot_output() -> None:
     assert uidprobe("model", "--gid", "--format", "dot").stdout.startswith("digraph uidprobe_gid_model {")
+
+
+@pytest.mark.parametrize(("a", "b", "phrase"), [(2, 2, "the two ids must differ"), (0, 3, "0 is not a usable id")])
+def test_model_ids_are_refused_before_anything_runs(a: int, b: int, phrase: str) -> None:
+    with pytest.raises(ValueError, match=phrase):
+        model.build("uid", a=a, b=b)
+
+
+def test_cli_model_with_unusable_ids_exits_64() -> None:
+    p = uidprobe("model", "--ids", "3,3")
+    assert p.returncode == cli.EX_USAGE and "the two ids must differ" in p.stderr

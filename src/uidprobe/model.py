@@ -217,7 +217,7 @@ def build(
     from uidprobe.store import current_fingerprint
     from uidprobe.suite import runtime_features
 
-    validate_ids((a, b, max(a, b) + 1) if max(a, b) < 0xFFFFFFFE else (a, b, 1), "model id")
+    validate_ids((a, b), "model id", names=("A", "B"))
     ids = {"A": a, "B": b}
     feats = runtime_features(timeout, module)
     states = all_states()

@@ -140,17 +140,18 @@ def read_state(proc: str = "/proc/self") -> ProcessState:
     )
 
 
-def validate_ids(ids: tuple[int, int, int], kind: str) -> None:
-    """Reject id triples that cannot mean three distinct ordinary users."""
-    if len(ids) != 3:
-        raise ValueError(f"{kind}s: need exactly three ids (U, A, B), got {len(ids)}")
+def validate_ids(ids: tuple[int, ...], kind: str, names: tuple[str, ...] = ("U", "A", "B")) -> None:
+    """Reject ids that cannot mean distinct ordinary users, one per name."""
+    count = {2: "two", 3: "three"}.get(len(names), str(len(names)))
+    if len(ids) != len(names):
+        raise ValueError(f"{kind}s: need exactly {count} ids ({', '.join(names)}), got {len(ids)}")
     for i in ids:
         if isinstance(i, bool) or not isinstance(i, int):
             raise TypeError(f"{kind}s: ids must be integers, got {i!r}")
         if not 1 <= i <= MAX_ID:
             raise ValueError(f"{kind}s: {i} is not a usable id (must be 1..{MAX_ID}; 0 is root)")
-    if len(set(ids)) != 3:
-        raise ValueError(f"{kind}s: the three ids must differ, got {ids}")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{kind}s: the {count} ids must differ, got {ids}")
 
 
 def choose_ids(

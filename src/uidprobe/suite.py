@@ -15,7 +15,7 @@ from typing import Any
 
 from uidprobe import engine, scenarios, verdicts
 from uidprobe.names import DECLARED
-from uidprobe.process import ProcessState, choose_ids, read_state, validate_ids
+from uidprobe.process import ProcessState, choose_ids, read_state
 from uidprobe.scenarios import IdSet, Plan, Scenario
 from uidprobe.verdicts import Result
 
@@ -101,11 +101,6 @@ def run(
     for n in wanted:
         if n != DECLARED:
             scenarios.by_name(n)  # ValueError naming the known probes
-    if uids is not None:
-        validate_ids(uids, "uid")
-    if gids is not None:
-        validate_ids(gids, "gid")
-
     state = read_state()
     uid_set = choose_ids(state.uid_map, "uid", uids, state.overflow_ids)
     gid_set = choose_ids(state.gid_map, "gid", gids, state.overflow_ids)
