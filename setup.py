@@ -19,7 +19,7 @@ class BuildExtWithRunner(build_ext):
         super().run()
         build = runpy.run_path(os.path.join("src", "build_engine.py"), run_name="uidprobe_build")
         target_dir = os.path.dirname(self.get_ext_fullpath("uidprobe._engine"))
-        sources = [os.path.join("csrc", "runner.c"), os.path.join("csrc", "engine.c")]
+        sources = [os.path.join("csrc", name) for name in ("runner.c", "engine.c", "steps.c")]
         try:
             objects = self.compiler.compile(
                 sources,

@@ -5,11 +5,10 @@
  *   HAVE_GETRESUID HAVE_SETRESUID HAVE_GETRESGID HAVE_SETRESGID
  *
  * Rules for everything reachable from child_main(): only async-signal-safe
- * calls (the set*id/get*id family, getgroups/setgroups, _exit) and plain
- * stores into a shared mapping.  No
- * malloc, no stdio, no Python: the caller may have had other threads holding
- * locks at fork time, and the child inherits those locks held forever.
- * Calls go through the C library, never raw syscalls: the C library's
+ * calls (the step runner in steps.c: set*id/get*id, capget, _exit) and plain
+ * stores into a shared mapping.  No malloc, no stdio, no Python: the caller
+ * may have had other threads holding locks at fork time, and the child
+ * inherits those locks held forever.  Steps go through the C library: its
  * behaviour is what callers of seteuid() get, so that is what we measure.
  */
 #ifndef _GNU_SOURCE
@@ -39,92 +38,6 @@
 
 // ---------------------------------------------------------------- child side
 
-// Perform one step; return the call's return value.
-static int do_step(const struct up_step *s)
-{
-    uid_t u0 = (uid_t)s->args[0], u1 = (uid_t)s->args[1], u2 = (uid_t)s->args[2];
-    gid_t g0 = (gid_t)s->args[0], g1 = (gid_t)s->args[1], g2 = (gid_t)s->args[2];
-
-    switch (s->op) {
-    case UP_OP_SETUID:
-        return setuid(u0);
-    case UP_OP_SETEUID:
-        return seteuid(u0);
-    case UP_OP_SETREUID:
-        return setreuid(u0, u1);
-    case UP_OP_SETRESUID:
-#ifdef HAVE_SETRESUID
-        return setresuid(u0, u1, u2);
-#else
-        (void)u2;
-        errno = ENOSYS;
-        return -1;
-#endif
-    case UP_OP_SETGID:
-        return setgid(g0);
-    case UP_OP_SETEGID:
-        return setegid(g0);
-    case UP_OP_SETREGID:
-        return setregid(g0, g1);
-    case UP_OP_SETRESGID:
-#ifdef HAVE_SETRESGID
-        return setresgid(g0, g1, g2);
-#else
-        (void)g2;
-        errno = ENOSYS;
-        return -1;
-#endif
-    case UP_OP_SETGROUPS: {
-        gid_t list[UP_MAX_ARGS];
-        int n = s->nargs;
-        if (n < 0 || n > UP_MAX_ARGS) {
-            errno = EINVAL;
-            return -1;
-        }
-        for (int i = 0; i < n; i++)
-            list[i] = (gid_t)s->args[i];
-        return setgroups((size_t)n, list);
-    }
-    default:
-        errno = EINVAL;
-        return -1;
-    }
-}
-
-// Read every id back into the record.  The saved ids need getresuid(); where
-// the C library lacks it they are reported as UP_ID_UNKNOWN and Python infers
-// them from behaviour instead.
-static void read_ids(struct up_record *r)
-{
-#ifdef HAVE_GETRESUID
-    uid_t ru, eu, su;
-    if (getresuid(&ru, &eu, &su) == 0) {
-        r->uid[0] = ru; r->uid[1] = eu; r->uid[2] = su;
-    } else {
-        r->uid[0] = getuid(); r->uid[1] = geteuid(); r->uid[2] = UP_ID_UNKNOWN;
-    }
-#else
-    r->uid[0] = getuid(); r->uid[1] = geteuid(); r->uid[2] = UP_ID_UNKNOWN;
-#endif
-#ifdef HAVE_GETRESGID
-    gid_t rg, eg, sg;
-    if (getresgid(&rg, &eg, &sg) == 0) {
-        r->gid[0] = rg; r->gid[1] = eg; r->gid[2] = sg;
-    } else {
-        r->gid[0] = getgid(); r->gid[1] = getegid(); r->gid[2] = UP_ID_UNKNOWN;
-    }
-#else
-    r->gid[0] = getgid(); r->gid[1] = getegid(); r->gid[2] = UP_ID_UNKNOWN;
-#endif
-    gid_t groups[UP_MAX_GROUPS];
-    int n = getgroups(UP_MAX_GROUPS, groups);
-    if (n < 0 && errno == EINVAL)
-        n = getgroups(0, groups); // more than we keep: record the count only
-    r->ngroups = n;
-    for (int i = 0; i < n && i < UP_MAX_GROUPS; i++)
-        r->groups[i] = groups[i];
-}
-
 // Records live in a MAP_SHARED anonymous mapping: the child stores them with
 // plain memory writes (no syscall, no wake-up of the parent per step) and
 // they survive the child crashing half-way.  `count` is bumped only after a
@@ -153,9 +66,9 @@ static void child_main(const struct up_step *steps, int nsteps, struct up_shared
         rec->index = i;
         rec->op = steps[i].op;
         errno = 0;
-        rec->ret = do_step(&steps[i]);
+        rec->ret = up_do_step(&steps[i], NULL, 0);
         rec->err = rec->ret == -1 ? errno : 0;
-        read_ids(rec);
+        up_read_record(rec);
         __sync_synchronize();
         sh->count = i + 1;
     }
@@ -363,15 +276,19 @@ int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
     struct up_shared *sh = map_shared(&outcomes[0]);
     if (sh == NULL)
         return -1;
-    for (int i = 0; i < nscenarios && rc == 0; i++) {
+    for (int i = 0; i < nscenarios; i++) {
         if (counts[i] < 0 || counts[i] > UP_MAX_STEPS || timeout_ms <= 0) {
             fail(&outcomes[i], "up_run_batch", EINVAL);
             rc = -1;
             break;
         }
-        rc = run_one(sh, s, counts[i], timeout_ms, &outcomes[i]);
-        copy_records(sh, counts[i], records + (size_t)i * UP_MAX_STEPS, UP_MAX_STEPS,
-                     &outcomes[i]);
+        // A failed fork (EAGAIN from a pids limit, ENOMEM) is that
+        // scenario's outcome; the others are still tried.
+        if (run_one(sh, s, counts[i], timeout_ms, &outcomes[i]) != 0)
+            rc = -1;
+        else
+            copy_records(sh, counts[i], records + (size_t)i * UP_MAX_STEPS, UP_MAX_STEPS,
+                         &outcomes[i]);
         s += counts[i];
     }
     munmap(sh, sizeof *sh);
@@ -515,6 +432,7 @@ int up_spawn_batch(const char *runner,
             rc = -1;
             break;
         }
+        // A child the runner could not fork is that scenario's outcome.
         o->failed_call = o->error ? "fork (in the runner)" : NULL;
         if (o->nrecords < 0 || o->nrecords > counts[i] ||
             up_read_exact(out[0], records + (size_t)i * UP_MAX_STEPS,
@@ -524,8 +442,6 @@ int up_spawn_batch(const char *runner,
             fail(o, "runner", e);
             rc = -1;
         }
-        if (o->error)
-            rc = -1;
     }
     if (werr) {
         fail(&outcomes[0], "write to runner", werr);

@@ -23,13 +23,20 @@ from typing import Any, Optional
 __all__ = [
     "MAX_ARGS",
     "MAX_STEPS",
+    "Caps",
+    "Creds",
     "EngineError",
+    "Expect",
     "Features",
     "Op",
     "Outcome",
     "Record",
     "Step",
+    "SwitchPlan",
+    "SwitchResult",
+    "SwitchStatus",
     "features",
+    "read_creds",
     "run",
     "run_batch",
 ]
@@ -37,6 +44,8 @@ __all__ = [
 #: Limits fixed by csrc/engine.h (checked against the compiled module in tests).
 MAX_ARGS = 8
 MAX_STEPS = 64
+#: The most supplementary groups an in-process switch sets and verifies.
+MAX_SWITCH_GROUPS = 256
 DEFAULT_TIMEOUT = 2.0
 
 Ids = tuple[int, int, Optional[int]]
@@ -54,18 +63,32 @@ class Op(enum.IntEnum):
     SETREGID = 7
     SETRESGID = 8
     SETGROUPS = 9
+    CAPS_RAISE = 10  # effective := permitted
+    CAPS_CLEAR = 11  # permitted, effective, inheritable := {}
+    KEEPCAPS = 12  # prctl(PR_SET_KEEPCAPS, args[0])
+    AMBIENT_CLEAR = 13  # prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
 
     @property
     def call(self) -> str:
         """The C function's name, e.g. ``"seteuid"``."""
-        return self.name.lower()
+        return _CALL_NAMES.get(self, self.name.lower())
 
     @property
     def family(self) -> str:
-        """``"uid"``, ``"gid"`` or ``"groups"``: which ids the call changes."""
+        """``"uid"``, ``"gid"``, ``"groups"`` or ``"caps"``: what the call changes."""
         if self is Op.SETGROUPS:
             return "groups"
+        if self.value >= Op.CAPS_RAISE.value:
+            return "caps"
         return "uid" if self.name.endswith("UID") else "gid"
+
+
+_CALL_NAMES = {
+    Op.CAPS_RAISE: "capset-raise",
+    Op.CAPS_CLEAR: "capset-clear",
+    Op.KEEPCAPS: "prctl-keepcaps",
+    Op.AMBIENT_CLEAR: "prctl-ambient-clear",
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,14 @@ class Step:
     def __str__(self) -> str:
         if self.op is Op.SETGROUPS:
             return f"setgroups([{', '.join(map(str, self.args))}])"
+        if self.op is Op.CAPS_RAISE:
+            return "capset(effective = permitted)"
+        if self.op is Op.CAPS_CLEAR:
+            return "capset(every set empty)"
+        if self.op is Op.KEEPCAPS:
+            return f"prctl(PR_SET_KEEPCAPS, {self.args[0]})"
+        if self.op is Op.AMBIENT_CLEAR:
+            return "prctl(PR_CAP_AMBIENT_CLEAR_ALL)"
         return f"{self.op.call}({', '.join(map(str, self.args))})"
 
 
@@ -92,8 +123,11 @@ class Step:
 class Record:
     """What the child saw after one step: the call's result and every id.
 
-    ``uids`` and ``gids`` are (real, effective, saved); saved is ``None`` when
-    the C library cannot report it (no getresuid).
+    ``uids`` and ``gids`` are (real, effective, saved) as the C library reads
+    them back; saved is ``None`` when it cannot (no getresuid).
+    ``kernel_uids`` and ``kernel_gids`` are the same as the kernel reports
+    them by raw system call: an emulated C library (fakeroot) can fake the
+    first pair but not these.
     """
 
     step: Step
@@ -102,6 +136,12 @@ class Record:
     uids: Ids
     gids: Ids
     groups: tuple[int, ...] | None  # None: too many to record, or getgroups failed
+    kernel_uids: Ids | None = None  # None: not read (a record made up by the model)
+    kernel_gids: Ids | None = None
+    fsuid: int | None = None
+    fsgid: int | None = None
+    cap_effective: int | None = None
+    cap_permitted: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -114,6 +154,24 @@ class Record:
         name = errno_mod.errorcode.get(self.errno, str(self.errno))
         return f"failed: {name}"
 
+    def emulation(self) -> str | None:
+        """Why the C library's read-back cannot be believed, or None.
+
+        Where the C library reports ids the kernel does not hold, an
+        LD_PRELOAD emulation such as fakeroot answers the calls.  Only ids
+        both sides could read are compared.
+        """
+        for what, lib, kern in (("uid", self.uids, self.kernel_uids), ("gid", self.gids, self.kernel_gids)):
+            if kern is None:
+                continue
+            for label, a, b in zip(("real", "effective", "saved"), lib, kern):
+                if a is not None and b is not None and b >= 0 and a != b:
+                    return (
+                        f"the C library reports {label} {what} {a} but the kernel holds {b}: "
+                        "an emulated root such as fakeroot"
+                    )
+        return None
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -125,9 +183,12 @@ class Outcome:
     exit_code: int | None
     signal: int | None
     status_known: bool
+    error: str | None = None  # the child could not be started: "fork: EAGAIN (...)"
 
     def describe_end(self) -> str:
         """A short phrase for a child that did not complete, for reasons."""
+        if self.error is not None:
+            return f"could not start a probe child: {self.error}"
         done = f"after {len(self.records)} step(s)"
         if self.timed_out:
             return f"probe child timed out {done} and was killed"
@@ -153,7 +214,7 @@ class Features:
 
 
 class EngineError(OSError):
-    """The parent could not run a child at all (pipe or fork failed)."""
+    """The engine could not be used at all (no runner where one was required)."""
 
 
 def _load(module: Any = None) -> tuple[Any, Any]:
@@ -192,10 +253,29 @@ def _fill_steps(ffi: Any, steps: Sequence[Step]) -> Any:
     return c_steps
 
 
+def _triple_or_none(raw: Any, unknown: int) -> Ids | None:
+    if int(raw[0]) == unknown:
+        return None
+    return _ids(raw, unknown)
+
+
 def _outcome(ffi: Any, lib: Any, steps: Sequence[Step], c_records: Any, c_out: Any) -> Outcome:
     if c_out.error:
-        call = ffi.string(c_out.failed_call).decode() if c_out.failed_call else "engine"
-        raise EngineError(c_out.error, f"{call}: {os.strerror(c_out.error)}")
+        # Fork or pipe failed (EAGAIN under a pids limit, ENOMEM): no child,
+        # so no evidence.  An outcome, not an exception: the verdict is
+        # undetermined with this reason.
+        call = ffi.string(c_out.failed_call).decode() if c_out.failed_call else "fork"
+        name = errno_mod.errorcode.get(c_out.error, str(c_out.error))
+        return Outcome(
+            records=(),
+            completed=False,
+            timed_out=False,
+            exit_code=None,
+            signal=None,
+            status_known=False,
+            error=f"{call} failed: {name} ({os.strerror(c_out.error)})",
+        )
+    unknown = lib.UP_ID_UNKNOWN
     records = []
     for i in range(c_out.nrecords):
         r = c_records[i]
@@ -208,9 +288,15 @@ def _outcome(ffi: Any, lib: Any, steps: Sequence[Step], c_records: Any, c_out: A
                 step=steps[r.index],
                 ret=r.ret,
                 errno=r.err,
-                uids=_ids(r.uid, lib.UP_ID_UNKNOWN),
-                gids=_ids(r.gid, lib.UP_ID_UNKNOWN),
+                uids=_ids(r.uid, unknown),
+                gids=_ids(r.gid, unknown),
                 groups=groups,
+                kernel_uids=_triple_or_none(r.kuid, unknown),
+                kernel_gids=_triple_or_none(r.kgid, unknown),
+                fsuid=None if r.fsuid == unknown else int(r.fsuid),
+                fsgid=None if r.fsgid == unknown else int(r.fsgid),
+                cap_effective=int(r.cap_eff) if r.caps_known else None,
+                cap_permitted=int(r.cap_prm) if r.caps_known else None,
             )
         )
     return Outcome(
@@ -333,3 +419,220 @@ def run_batch(
     if runner is None:
         lib.up_run_batch(c_steps, counts, n, c_records, c_outs, timeout_ms)
     return [_outcome(ffi, lib, s, c_records + i * MAX_STEPS, c_outs[i]) for i, s in enumerate(scenarios)]
+
+
+# ------------------------------------------------------ in-process credentials
+
+
+@dataclass(frozen=True)
+class Caps:
+    """The capability state of the calling thread (Linux)."""
+
+    effective: int
+    permitted: int
+    inheritable: int
+    ambient: int
+    keepcaps: bool
+    securebits: int
+
+    @property
+    def empty(self) -> bool:
+        """Nothing that could bring privilege back: every set empty, keepcaps off."""
+        return not (self.effective or self.permitted or self.inheritable or self.ambient or self.keepcaps)
+
+    def describe(self) -> str:
+        return (
+            f"CapEff={self.effective:#x} CapPrm={self.permitted:#x} CapInh={self.inheritable:#x} "
+            f"CapAmb={self.ambient:#x} keepcaps={int(self.keepcaps)} securebits={self.securebits:#x}"
+        )
+
+
+@dataclass(frozen=True)
+class Creds:
+    """Every credential of the calling thread, read back from the kernel.
+
+    ``uids``/``gids`` come from raw system calls; ``libc_uids``/``libc_gids``
+    are what the C library answers (they differ under an emulation such as
+    fakeroot).  ``groups`` is sorted without duplicates, None when there are
+    more than the engine reads.  ``fsuid``/``fsgid`` come from setfsuid(-1),
+    which needs no /proc.
+    """
+
+    uids: tuple[int, int, int]
+    gids: tuple[int, int, int]
+    libc_uids: Ids
+    libc_gids: Ids
+    fsuid: int | None
+    fsgid: int | None
+    groups: tuple[int, ...] | None
+    caps: Caps | None
+
+
+def _creds(lib: Any, c: Any) -> Creds:
+    unknown = lib.UP_ID_UNKNOWN
+    n = c.ngroups
+    groups = tuple(sorted({int(c.groups[i]) for i in range(n)})) if 0 <= n <= lib.UP_SWITCH_MAX_GROUPS else None
+    caps = (
+        Caps(
+            effective=int(c.cap_eff),
+            permitted=int(c.cap_prm),
+            inheritable=int(c.cap_inh),
+            ambient=int(c.cap_amb),
+            keepcaps=c.keepcaps > 0,
+            securebits=max(0, int(c.securebits)),
+        )
+        if c.caps_known
+        else None
+    )
+    return Creds(
+        uids=(int(c.uid[0]), int(c.uid[1]), int(c.uid[2])),
+        gids=(int(c.gid[0]), int(c.gid[1]), int(c.gid[2])),
+        libc_uids=_ids(c.libc_uid, unknown),
+        libc_gids=_ids(c.libc_gid, unknown),
+        fsuid=None if c.fsuid == unknown else int(c.fsuid),
+        fsgid=None if c.fsgid == unknown else int(c.fsgid),
+        groups=groups,
+        caps=caps,
+    )
+
+
+def read_creds(*, caps: bool = False, module: Any = None) -> Creds:
+    """The calling thread's credentials, from the kernel (``caps``: also the
+    capability sets, keepcaps and securebits)."""
+    ffi, lib = _load(module)
+    c = ffi.new("struct up_creds *")
+    lib.up_read_creds(c, lib.UP_READ_CAPS if caps else 0)
+    return _creds(lib, c)
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What must hold after one step of an in-process switch (None: not checked)."""
+
+    uids: tuple[int | None, int | None, int | None] | None = None
+    gids: tuple[int | None, int | None, int | None] | None = None
+    fsuid: int | None = None
+    fsgid: int | None = None
+    groups: tuple[int, ...] | None = None  # as a set
+
+
+class SwitchStatus(enum.IntEnum):
+    """``UP_SWITCH_*`` in csrc/engine.h."""
+
+    OK = 0  # every step ran and verified
+    ROLLED_BACK = 1  # a step failed; undone, the starting identity verified
+    STUCK = 2  # a step failed and undoing did not reach the starting identity
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    """How an in-process switch ended (the credentials are read lazily)."""
+
+    status: SwitchStatus
+    failed_step: Step | None
+    expected: Expect | None  # what the failing step had to leave
+    ret: int
+    errno: int
+    _lib: Any
+    _raw: Any
+
+    @property
+    def start(self) -> Creds:
+        return _creds(self._lib, self._raw.start)
+
+    @property
+    def after(self) -> Creds:
+        """Read right after the failing step (or the last step)."""
+        return _creds(self._lib, self._raw.after)
+
+    @property
+    def now(self) -> Creds:
+        """What the thread holds now."""
+        return _creds(self._lib, self._raw.now)
+
+
+class SwitchPlan:
+    """Steps with their expectations and the undo steps, converted to C once.
+
+    ``run()`` performs them in the calling process with every signal blocked
+    (``up_switch`` in csrc/steps.c): no Python code, and so no exception
+    raised by a signal handler, can run between two steps.
+    """
+
+    __slots__ = ("_c", "_expects", "_lib", "_steps", "_undo")
+
+    def __init__(
+        self,
+        steps: Sequence[tuple[Step, Expect]],
+        undo: Sequence[Step],
+        module: Any = None,
+    ) -> None:
+        if len(steps) > MAX_STEPS or len(undo) > MAX_STEPS:
+            raise ValueError(f"at most {MAX_STEPS} steps in a switch")
+        ffi, lib = _load(module)
+        self._lib = lib
+        self._steps = tuple(s for s, _ in steps)
+        self._expects = tuple(e for _, e in steps)
+        self._undo = tuple(undo)
+        pool: list[int] = []
+        c_steps = ffi.new("struct up_step[]", max(1, len(steps)))
+        c_expect = ffi.new("struct up_expect[]", max(1, len(steps)))
+        for c, (step, _) in zip(c_steps, steps):
+            _fill_switch_step(lib, c, step, pool)
+        for c, exp in zip(c_expect, self._expects):
+            _fill_expect(lib, c, exp, pool)
+        c_undo = ffi.new("struct up_step[]", max(1, len(undo)))
+        for c, step in zip(c_undo, undo):
+            _fill_switch_step(lib, c, step, pool)
+        c_pool = ffi.new("long long[]", pool or [0])
+        c_res = ffi.new("struct up_switch_result *")
+        self._c = (c_steps, c_expect, len(steps), c_undo, len(undo), c_pool, len(pool), c_res)
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        return self._steps
+
+    def run(self) -> SwitchResult:
+        steps, expect, n, undo, nundo, pool, npool, res = self._c
+        status = self._lib.up_switch(steps, expect, n, undo, nundo, pool, npool, res)
+        if status == self._lib.UP_SWITCH_BAD_INPUT:
+            raise ValueError("up_switch refused its input")
+        failed = res.failed_step
+        return SwitchResult(
+            status=SwitchStatus(status),
+            failed_step=self._steps[failed] if failed >= 0 else None,
+            expected=self._expects[failed] if failed >= 0 else None,
+            ret=int(res.ret),
+            errno=int(res.err),
+            _lib=self._lib,
+            _raw=res,
+        )
+
+
+def _fill_switch_step(lib: Any, c: Any, step: Step, pool: list[int]) -> None:
+    c.op = int(step.op)
+    if step.op is Op.SETGROUPS:
+        # In-process switches may set more groups than a step holds: the
+        # list goes to the pool and the step points at it.
+        c.nargs = lib.UP_GROUPS_FROM_POOL
+        c.args[0] = len(pool)
+        c.args[1] = len(step.args)
+        pool.extend(step.args)
+        return
+    c.nargs = len(step.args)
+    for i, a in enumerate(step.args):
+        c.args[i] = a
+
+
+def _fill_expect(lib: Any, c: Any, exp: Expect, pool: list[int]) -> None:
+    any_ = lib.UP_ANY
+    for i in range(3):
+        c.uid[i] = any_ if exp.uids is None or exp.uids[i] is None else exp.uids[i]
+        c.gid[i] = any_ if exp.gids is None or exp.gids[i] is None else exp.gids[i]
+    c.fsuid = any_ if exp.fsuid is None else exp.fsuid
+    c.fsgid = any_ if exp.fsgid is None else exp.fsgid
+    if exp.groups is None:
+        c.groups_off, c.groups_count = 0, -1
+    else:
+        c.groups_off, c.groups_count = len(pool), len(exp.groups)
+        pool.extend(exp.groups)

@@ -19,17 +19,29 @@ Order: leaving root, groups and gid change first (they need the privilege
 the uid change gives up); coming back, the uid first, then gid and groups.
 
 Verification (Tsafrir, Da Silva and Wagner: treat the system as
-untrustworthy): after every call the real, effective and saved uid and gid,
-the supplementary groups and, on Linux, the filesystem uid and gid are read
-back and compared; any mismatch raises VerificationError.  When a temporary
-switch fails half-way, the original identity is restored before raising.
+untrustworthy): every switch is one call into the C engine (``up_switch``)
+that makes the calls with every signal blocked and, after each one, reads
+back from the kernel (raw system calls, not the C library) the real,
+effective and saved uid and gid, the filesystem uid and gid and the
+supplementary groups.  On the first mismatch it runs the undo steps and
+checks that the starting identity is back; Python then raises
+VerificationError saying what is held.  Because no Python code runs between
+two calls, an exception raised by a signal handler can only arrive before
+or after a whole switch, and the Switcher records the identity to come back
+to before the switch starts: ``restore()`` always knows the way back.
+
+A permanent drop also leaves no capability behind: afterwards the permitted,
+effective and ambient sets must be empty and keepcaps off.  If they are not
+(``prctl(PR_SET_KEEPCAPS, 1)`` was set), they are cleared and
+VerificationError says so.  Then a forked child tries every way back to root,
+capset-then-setuid included, and any success raises.
 
 Threads: on Linux the kernel keeps credentials per thread, but the C
-library's set*id wrappers (glibc's and musl's; CPython's ``os.setresuid`` and
-friends call them) change every thread of the process.  So a switch made here
-applies to all threads at once, and another thread doing file I/O meanwhile
-does it with the switched identity.  Switch only when no other thread relies
-on the identity, or from a single-threaded process.
+library's set*id wrappers (glibc's and musl's) change every thread of the
+process.  So a switch made here applies to all threads at once, and another
+thread doing file I/O meanwhile does it with the switched identity.  Switch
+only when no other thread relies on the identity, or from a single-threaded
+process.
 """
 
 from __future__ import annotations
@@ -39,7 +51,9 @@ import errno as errno_mod
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+
+from uidprobe import engine
+from uidprobe.engine import Caps, Creds, Expect, Op, Step, SwitchPlan, SwitchResult, SwitchStatus
 
 __all__ = [
     "Identity",
@@ -50,13 +64,11 @@ __all__ = [
     "Switcher",
     "VerificationError",
     "choose_mechanism",
+    "current_caps",
     "current_identity",
 ]
 
 MAX_ID = 0xFFFFFFFE
-
-if not hasattr(os, "getresuid"):  # pragma: no cover - macOS and other platforms without it
-    raise ImportError("uidprobe.privileges needs getresuid/getresgid to verify saved ids")
 
 
 class PrivilegeError(Exception):
@@ -89,32 +101,22 @@ class Identity:
     fsgid: int | None
 
 
-def _fs_ids() -> tuple[int | None, int | None]:
-    # /proc/thread-self: credentials are per thread in the kernel.
-    for path in ("/proc/thread-self/status", "/proc/self/status"):
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        try:
-            return int(fields["Uid"].split()[3]), int(fields["Gid"].split()[3])
-        except (KeyError, IndexError, ValueError):
-            return None, None
-    return None, None
+def _identity(c: Creds) -> Identity:
+    if c.groups is None:
+        raise PrivilegeError(
+            f"this process has more supplementary groups than uidprobe verifies ({engine.MAX_SWITCH_GROUPS})"
+        )
+    return Identity(uids=c.uids, gids=c.gids, groups=c.groups, fsuid=c.fsuid, fsgid=c.fsgid)
 
 
 def current_identity() -> Identity:
-    """The calling thread's credentials, read back now."""
-    fsuid, fsgid = _fs_ids()
-    return Identity(
-        uids=os.getresuid(),
-        gids=os.getresgid(),
-        groups=tuple(sorted(set(os.getgroups()))),
-        fsuid=fsuid,
-        fsgid=fsgid,
-    )
+    """The calling thread's credentials, read back from the kernel now."""
+    return _identity(engine.read_creds())
+
+
+def current_caps() -> Caps | None:
+    """The calling thread's capability state (None off Linux)."""
+    return engine.read_creds(caps=True).caps
 
 
 @dataclass(frozen=True)
@@ -158,60 +160,173 @@ def _check_id(value: object, what: str) -> int:
 
 def _check_groups(groups: Iterable[int]) -> tuple[int, ...]:
     listed = tuple(_check_id(g, "supplementary group") for g in groups)
-    limit = os.sysconf("SC_NGROUPS_MAX")
+    limit = min(os.sysconf("SC_NGROUPS_MAX"), engine.MAX_SWITCH_GROUPS)
     if len(listed) > limit:
-        raise InvalidTargetError(f"{len(listed)} supplementary groups exceed NGROUPS_MAX ({limit})")
+        raise InvalidTargetError(
+            f"{len(listed)} supplementary groups exceed the limit of {limit} "
+            f"(NGROUPS_MAX, or the {engine.MAX_SWITCH_GROUPS} that uidprobe verifies)"
+        )
     return listed
 
 
-def _call(fn: Callable[..., None], *args: int) -> None:
-    """Make one C library call through os; a failure is a VerificationError."""
-    try:
-        fn(*args)
-    except OSError as e:
-        name = errno_mod.errorcode.get(e.errno or 0, str(e.errno))
-        raise VerificationError(f"{_describe(fn, args)} failed: {name} ({e.strerror})") from None
+# ------------------------------------------------------------ the mechanism table
+#
+# For each call family, three ways to move the ids of one family, each a list
+# of (step, the triple it must leave) computed from the triple before it.
+# A triple entry of None is not checked (the saved id after setreuid depends
+# on the old real id in ways the final step pins down anyway).
+
+_Opt = tuple[int | None, int | None, int | None]
+_Moves = list[tuple[Step, _Opt]]
 
 
-def _describe(fn: Callable[..., None], args: tuple[int, ...]) -> str:
-    if fn is os.setgroups:
-        return f"setgroups({list(args[0]) if args else []})"  # type: ignore[call-overload]
-    return f"{fn.__name__}({', '.join(map(str, args))})"
-
-
-def _step(fn: Callable[..., None], *args: int, **expected: object) -> Identity:
-    """Make one call, then read every id back and check ``expected``."""
-    _call(fn, *args)
-    return _verify(_describe(fn, args), **expected)
-
-
-def _verify(after: str, **expected: object) -> Identity:
-    """Read every id back and compare with ``expected`` (None: not checked)."""
-    now = current_identity()
-    for field, want in expected.items():
-        if want is None:
-            continue
-        got = getattr(now, field)
-        if field in ("uids", "gids"):
-            assert isinstance(want, tuple)
-            for label, w, g in zip(("real", "effective", "saved"), want, got):
-                if w is not None and w != g:
-                    raise VerificationError(
-                        f"after {after}: {label} {field[:-1]} is {g}, should be {w} "
-                        f"(read back {field} {got}, expected {want})"
-                    )
-        elif got is not None and got != want:
-            raise VerificationError(f"after {after}: {field} is {got!r}, should be {want!r}")
-    return now
-
-
-def _setreuid_saved(real: int, new_real: int, new_eff: int, old_saved: int) -> int:
+def _setre_saved(real: int, new_real: int, new_eff: int, old_saved: int) -> int:
     """The saved id setreuid/setregid leaves (POSIX, and Linux's man page):
     the new effective id when the real id is set or the effective id becomes
     something other than the (old) real id, else unchanged."""
     if new_real != -1 or new_eff != real:
         return new_eff
     return old_saved
+
+
+def _temporary(call: str, now: Triple, target: int) -> _Moves:
+    """Effective id ``target``, keeping a way back to ``now``'s privilege."""
+    r, _, s = now
+    if call in ("setresuid", "setresgid"):
+        return [(Step(_OPS[call], (-1, target, -1)), (r, target, s))]
+    if call == "setreuid":
+        # Real 0 is what lets setreuid(-1, 0) come back (sendmail's t_setreuid).
+        return [(Step(Op.SETREUID, (0, target)), (0, target, target))]
+    if call == "setregid":
+        return [(Step(Op.SETREGID, (-1, target)), (r, target, _setre_saved(r, -1, target, s)))]
+    if call == "seteuid" and 0 not in (r, s):
+        raise NoMechanismError("seteuid cannot come back: neither the real nor the saved uid is 0")
+    return [(Step(_OPS[call], (target,)), (r, target, s))]
+
+
+def _back(call: str, start: Triple) -> _Moves:
+    """From a temporary switch made with ``call`` back to ``start``."""
+    r, e, _ = start
+    if call in ("setresuid", "setresgid"):
+        return [(Step(_OPS[call], start), start)]
+    if call == "setreuid":
+        return [(Step(Op.SETREUID, (-1, 0)), (None, 0, None)), (Step(Op.SETREUID, (r, e)), start)]
+    if call == "setregid":
+        return [(Step(Op.SETREGID, (r, e)), start)]
+    return [(Step(_OPS[call], (e,)), start)]
+
+
+def _permanent(call: str, target: int) -> _Moves:
+    """Real, effective and saved ``target`` for good."""
+    every = (target, target, target)
+    if call in ("setresuid", "setresgid"):
+        return [(Step(_OPS[call], every), every)]
+    if call in ("setreuid", "setregid"):
+        return [(Step(_OPS[call], (target, target)), every)]
+    return [(Step(Op.SETUID if call == "seteuid" else Op.SETGID, (target,)), every)]
+
+
+_OPS = {
+    "setresuid": Op.SETRESUID,
+    "setresgid": Op.SETRESGID,
+    "setreuid": Op.SETREUID,
+    "setregid": Op.SETREGID,
+    "seteuid": Op.SETEUID,
+    "setegid": Op.SETEGID,
+}
+
+
+class _Tracker:
+    """Builds a switch plan while following the identity each step must leave.
+
+    Every expectation is the whole identity at that point (uid and gid
+    triples, filesystem ids, groups), so a call that changes something it
+    should not is caught at once, not at the end.
+    """
+
+    def __init__(self, start: Identity) -> None:
+        self.uids: _Opt = start.uids
+        self.gids: _Opt = start.gids
+        self.groups = start.groups
+        self.fsuid = start.fsuid
+        self.fsgid = start.fsgid
+        self.steps: list[tuple[Step, Expect]] = []
+
+    def _add(self, step: Step) -> None:
+        self.steps.append(
+            (step, Expect(uids=self.uids, gids=self.gids, fsuid=self.fsuid, fsgid=self.fsgid, groups=self.groups))
+        )
+
+    def groups_to(self, groups: tuple[int, ...]) -> None:
+        self.groups = tuple(sorted(set(groups)))
+        self._add(Step(Op.SETGROUPS, groups))
+
+    def uid(self, moves: _Moves) -> None:
+        for step, triple in moves:
+            self.uids = triple
+            # Every set*uid call sets the filesystem uid to the new effective uid.
+            self.fsuid = None if self.fsuid is None else triple[1]
+            self._add(step)
+
+    def gid(self, moves: _Moves) -> None:
+        for step, triple in moves:
+            self.gids = triple
+            self.fsgid = None if self.fsgid is None else triple[1]
+            self._add(step)
+
+
+def _plan_back(mech: Mechanism, start: Identity) -> list[tuple[Step, Expect]]:
+    """The way back to ``start``: uid first, then gid, then groups.
+
+    Each step checks the family it sets, and the last one the whole starting
+    identity.  So the same plan works from the switched identity, from a
+    half-switched one and from the start itself (an interrupted ``restore``
+    can simply be run again).
+    """
+    steps: list[tuple[Step, Expect]] = []
+    for step, triple in _back(mech.uid, start.uids):
+        steps.append((step, Expect(uids=triple, fsuid=None if start.fsuid is None else triple[1])))
+    for step, triple in _back(mech.gid, start.gids):
+        steps.append((step, Expect(gids=triple, fsgid=None if start.fsgid is None else triple[1])))
+    whole = Expect(uids=start.uids, gids=start.gids, fsuid=start.fsuid, fsgid=start.fsgid, groups=start.groups)
+    steps.append((Step(Op.SETGROUPS, start.groups), whole))
+    return steps
+
+
+def _describe_failure(result: SwitchResult) -> str:
+    """``after setresuid(-1, 1001, -1): saved uid is 1001, should be 0``."""
+    step, exp = result.failed_step, result.expected
+    if step is None or exp is None:
+        return "the switch failed"
+    if result.ret != 0:
+        name = errno_mod.errorcode.get(result.errno, str(result.errno))
+        return f"{step} failed: {name} ({os.strerror(result.errno)})"
+    got = result.after
+    for what, want, have in (("uid", exp.uids, got.uids), ("gid", exp.gids, got.gids)):
+        for label, w, g in zip(("real", "effective", "saved"), want or (None, None, None), have):
+            if w is not None and w != g:
+                return f"after {step}: {label} {what} is {g}, should be {w} (read back {what}s {have})"
+    for fs_label, fs_want, fs_got in (("fsuid", exp.fsuid, got.fsuid), ("fsgid", exp.fsgid, got.fsgid)):
+        if fs_want is not None and fs_want != fs_got:
+            return f"after {step}: {fs_label} is {fs_got}, should be {fs_want}"
+    if exp.groups is not None and got.groups != tuple(sorted(set(exp.groups))):
+        return f"after {step}: groups are {got.groups}, should be {tuple(sorted(set(exp.groups)))}"
+    return f"after {step}: the ids read back are not what they must be"
+
+
+def _held(c: Creds) -> str:
+    return f"uids {c.uids}, gids {c.gids}, groups {c.groups}, fsuid {c.fsuid}, fsgid {c.fsgid}"
+
+
+class _Switch:
+    """One temporary switch: the plans there and back, and where it started."""
+
+    __slots__ = ("back", "forward", "start")
+
+    def __init__(self, start: Identity, forward: SwitchPlan, back: SwitchPlan) -> None:
+        self.start = start
+        self.forward = forward
+        self.back = back
 
 
 class Switcher:
@@ -228,115 +343,114 @@ class Switcher:
             values = config.VARS
         self.values = dict(values)
         self.mechanism = choose_mechanism(self.values)
-        self._saved: Identity | None = None
+        self._active: _Switch | None = None
 
     @property
     def switched(self) -> bool:
-        return self._saved is not None
+        """True from the moment a switch starts until ``restore`` verified the way back."""
+        return self._active is not None
 
     # ---------------------------------------------------------- temporary
 
-    def become(self, uid: int, gid: int, groups: Iterable[int] = ()) -> None:
-        """Take ``uid``/``gid``/``groups`` as the effective identity, keeping
-        the means to come back (``restore``).  Needs effective uid 0."""
+    def _plan(self, uid: int, gid: int, groups: Iterable[int]) -> _Switch:
+        """Check the targets and build both plans; changes nothing."""
         uid, gid = _check_id(uid, "uid"), _check_id(gid, "gid")
         wanted = _check_groups(groups)
-        if self._saved is not None:
+        if self._active is not None:
             raise PrivilegeError("already switched: restore() before switching again")
         start = current_identity()
         if start.uids[1] != 0:
             raise PrivilegeError(f"becoming another user needs effective uid 0, not {start.uids[1]}")
-        self._saved = start
-        try:
-            self._set_groups(wanted)
-            self._temp_gid(start, gid)
-            self._temp_uid(start, uid)
-            _verify("the switch", fsuid=uid, fsgid=gid)
-        except PrivilegeError as e:
-            try:
-                self.restore()
-            except PrivilegeError as again:
-                raise VerificationError(f"{e}; and restoring failed too: {again}") from e
-            raise
+        m = self.mechanism
+        t = _Tracker(start)
+        t.groups_to(wanted)
+        t.gid(_temporary(m.gid, start.gids, gid))
+        t.uid(_temporary(m.uid, start.uids, uid))
+        back = _plan_back(m, start)
+        undo = [step for step, _ in back]
+        # Coming back has nowhere better to retreat to than where it is: no undo.
+        return _Switch(start, SwitchPlan(t.steps, undo), SwitchPlan(back, []))
+
+    def plan(self, uid: int, gid: int, groups: Iterable[int] = ()) -> tuple[list[Step], list[Step]]:
+        """The calls ``become(uid, gid, groups)`` would make, and those of the
+        way back, from the identity held now (a dry run: nothing changes)."""
+        sw = self._plan(uid, gid, groups)
+        return list(sw.forward.steps), list(sw.back.steps)
+
+    def _enter(self, sw: _Switch) -> Identity:
+        # Recorded before the first call: whatever interrupts after this
+        # line, restore() knows where to go back to.
+        self._active = sw
+        result = sw.forward.run()
+        if result.status is SwitchStatus.OK:
+            return _identity(result.now)
+        why = _describe_failure(result)
+        if result.status is SwitchStatus.ROLLED_BACK:
+            self._active = None
+            raise VerificationError(f"{why}; the starting identity was restored")
+        raise VerificationError(f"{why}; and restoring failed too: holding {_held(result.now)}")
+
+    def become(self, uid: int, gid: int, groups: Iterable[int] = ()) -> Identity:
+        """Take ``uid``/``gid``/``groups`` as the effective identity, keeping
+        the means to come back (``restore``).  Needs effective uid 0.
+
+        Returns the identity read back after the switch.  On failure the
+        starting identity has been restored and verified before
+        VerificationError is raised (or the error says what is held).
+        """
+        return self._enter(self._plan(uid, gid, groups))
 
     def restore(self) -> None:
-        """Return to the identity ``become`` started from; uid first."""
-        s = self._saved
-        if s is None:
+        """Return to the identity ``become`` started from; uid first.
+
+        Safe to call again after it raised, or after an interrupted switch:
+        the way back works from the switched identity and from the start.
+        """
+        sw = self._active
+        if sw is None:
             raise PrivilegeError("not switched: nothing to restore")
-        if current_identity() == s:  # a switch that failed at its first call changed nothing
-            self._saved = None
-            return
-        self._restore_uid(s)
-        self._restore_gid(s)
-        self._set_groups(s.groups)
-        _verify("restoring", uids=s.uids, gids=s.gids, groups=s.groups, fsuid=s.fsuid, fsgid=s.fsgid)
-        self._saved = None
+        result = sw.back.run()
+        if result.status is not SwitchStatus.OK:
+            raise VerificationError(f"restoring failed: {_describe_failure(result)}; holding {_held(result.now)}")
+        self._active = None
+
+    def _unwind(self) -> None:
+        """Restore, whatever exceptions signal handlers raise meanwhile."""
+        pending: BaseException | None = None
+        while self._active is not None:
+            try:
+                self.restore()
+            except VerificationError:
+                raise
+            except BaseException as e:  # a signal handler's exception: restoring comes first
+                pending = pending or e
+        if pending is not None:
+            raise pending
 
     @contextlib.contextmanager
     def as_user(self, uid: int, gid: int, groups: Iterable[int] = ()) -> Iterator[Identity]:
-        """``become`` for the duration of a ``with`` block, then ``restore``."""
-        self.become(uid, gid, groups)
+        """``become`` for the duration of a ``with`` block, then ``restore``.
+
+        Whatever exception arrives (from the block, or from a signal handler
+        while switching in or out), the original identity is restored before
+        it propagates, or VerificationError says what is held.
+        """
+        sw = self._plan(uid, gid, groups)
         try:
-            yield current_identity()
+            yield self._enter(sw)
         finally:
-            self.restore()
-
-    def _set_groups(self, groups: tuple[int, ...]) -> None:
-        _call(os.setgroups, list(groups))  # type: ignore[arg-type]
-        _verify(f"setgroups({list(groups)})", groups=tuple(sorted(set(groups))))
-
-    def _temp_uid(self, s: Identity, uid: int) -> None:
-        r, _, sv = s.uids
-        if self.mechanism.uid == "setresuid":
-            _step(os.setresuid, -1, uid, -1, uids=(r, uid, sv))
-        elif self.mechanism.uid == "setreuid":
-            # Real 0 is what lets setreuid(-1, 0) come back (sendmail's t_setreuid).
-            _step(os.setreuid, 0, uid, uids=(0, uid, uid))
-        else:
-            if sv != 0 and r != 0:
-                raise NoMechanismError("seteuid cannot come back: neither the real nor the saved uid is 0")
-            _step(os.seteuid, uid, uids=(r, uid, sv))
-
-    def _restore_uid(self, s: Identity) -> None:
-        r, e, sv = s.uids
-        now = current_identity().uids
-        if self.mechanism.uid == "setresuid":
-            _step(os.setresuid, r, e, sv, uids=s.uids)
-        elif self.mechanism.uid == "setreuid":
-            _step(os.setreuid, -1, 0, uids=(now[0], 0, _setreuid_saved(now[0], -1, 0, now[2])))
-            _step(os.setreuid, r, e, uids=s.uids)
-        else:
-            _step(os.seteuid, e, uids=s.uids)
-
-    def _temp_gid(self, s: Identity, gid: int) -> None:
-        r, _, sv = s.gids
-        if self.mechanism.gid == "setresgid":
-            _step(os.setresgid, -1, gid, -1, gids=(r, gid, sv))
-        elif self.mechanism.gid == "setregid":
-            _step(os.setregid, -1, gid, gids=(r, gid, _setreuid_saved(r, -1, gid, sv)))
-        else:
-            _step(os.setegid, gid, gids=(r, gid, sv))
-
-    def _restore_gid(self, s: Identity) -> None:
-        r, e, sv = s.gids
-        if self.mechanism.gid == "setresgid":
-            _call(os.setresgid, r, e, sv)
-        elif self.mechanism.gid == "setregid":
-            _call(os.setregid, r, e)
-        else:
-            _call(os.setegid, e)
-        _verify(f"restoring gids with {self.mechanism.gid}", gids=s.gids)
+            self._unwind()
 
     # ---------------------------------------------------------- permanent
 
     def drop_permanently(self, uid: int, gid: int, groups: Iterable[int] = ()) -> None:
         """Become ``uid``/``gid``/``groups`` for good: real, effective and saved.
 
-        Verifies every id, then checks in a forked child (C only, via the
-        probe engine) that no call gets root back, as OpenSSH does.  A
-        VerificationError here means the process may still hold privilege:
-        do not continue, exit.
+        Every id is verified after every call (a failed call is undone while
+        that is still possible); afterwards no capability may remain, and a
+        forked child (C only) checks that no call gets root back, as OpenSSH
+        does.  A VerificationError here means the process may still hold
+        privilege: do not continue, exit.
         """
         uid, gid = _check_id(uid, "uid"), _check_id(gid, "gid")
         wanted = _check_groups(groups)
@@ -345,41 +459,82 @@ class Switcher:
         # Everything the regain check needs is loaded now: after the drop the
         # process may no longer be able to read its own installation.
         attempts = _regain_attempts(gid)
-        if self._saved is not None:
+        if self._active is not None:
             self.restore()
-        if os.geteuid() != 0:
-            raise PrivilegeError(f"dropping privileges needs effective uid 0, not {os.geteuid()}")
-        self._set_groups(wanted)
-        if self.mechanism.gid == "setresgid":
-            _call(os.setresgid, gid, gid, gid)
-        elif self.mechanism.gid == "setregid":
-            _call(os.setregid, gid, gid)
-        else:
-            _call(os.setgid, gid)
-        _verify(f"dropping the gid with {self.mechanism.gid}", gids=(gid, gid, gid))
-        if self.mechanism.uid == "setresuid":
-            _call(os.setresuid, uid, uid, uid)
-        elif self.mechanism.uid == "setreuid":
-            _call(os.setreuid, uid, uid)
-        else:
-            _call(os.setuid, uid)
-        _verify(
-            f"dropping the uid with {self.mechanism.uid}",
-            uids=(uid, uid, uid),
-            gids=(gid, gid, gid),
-            groups=tuple(sorted(set(wanted))),
-            fsuid=uid,
-            fsgid=gid,
-        )
+        start = current_identity()
+        if start.uids[1] != 0:
+            raise PrivilegeError(f"dropping privileges needs effective uid 0, not {start.uids[1]}")
+        m = self.mechanism
+        t = _Tracker(start)
+        t.groups_to(wanted)
+        t.gid(_permanent(m.gid, gid))
+        t.uid(_permanent(m.uid, uid))
+        result = SwitchPlan(t.steps, _undo_drop(m, start)).run()
+        if result.status is not SwitchStatus.OK:
+            where = (
+                "the starting identity was restored"
+                if result.status is SwitchStatus.ROLLED_BACK
+                else f"holding {_held(result.now)}"
+            )
+            raise VerificationError(f"{_describe_failure(result)} (dropping with {m.uid}/{m.gid}); {where}")
+        _check_no_capabilities()
         _check_cannot_regain(attempts)
 
 
-def _regain_attempts(gid: int) -> list[Any]:
-    """Every way back to root, as engine steps (loads the engine now)."""
-    from uidprobe import engine
-    from uidprobe.engine import Op, Step
+def _undo_drop(mech: Mechanism, start: Identity) -> list[Step]:
+    """Best-effort steps back to ``start`` after a permanent drop failed to
+    verify (while the saved id is still 0, that is still possible).
 
+    The chosen mechanism may be unable to restore the real id (seteuid
+    cannot), so setresuid/setresgid come first where the C library has them;
+    each undo step's failure is ignored and the C side then compares the
+    result with the starting identity.
+    """
+    feats = engine.features()
+    steps = [Step(Op.SETRESUID, start.uids)] if feats.setresuid else []
+    steps += [step for step, _ in _back(mech.uid, start.uids)]
+    steps += [Step(Op.SETRESGID, start.gids)] if feats.setresgid else []
+    steps += [step for step, _ in _back(mech.gid, start.gids)]
+    return [*steps, Step(Op.SETGROUPS, start.groups)]
+
+
+def _check_no_capabilities() -> None:
+    """After a full drop the kernel clears the capability sets, unless
+    keepcaps or a securebit says otherwise.  Whatever is left is cleared,
+    and the drop raises: the caller asked for a drop that, as set up, would
+    have kept privilege."""
+    caps = engine.read_creds(caps=True).caps
+    if caps is None or not _holds_privilege(caps):
+        return
+    clear = SwitchPlan(
+        [
+            (Step(Op.KEEPCAPS, (0,)), Expect()),
+            (Step(Op.AMBIENT_CLEAR, ()), Expect()),
+            (Step(Op.CAPS_CLEAR, ()), Expect()),
+        ],
+        [],
+    ).run()
+    after = engine.read_creds(caps=True).caps
+    if clear.status is SwitchStatus.OK and after is not None and not _holds_privilege(after):
+        raise VerificationError(
+            f"after the permanent drop the process still held capabilities ({caps.describe()}; "
+            "PR_SET_KEEPCAPS or a securebit kept them): they have been cleared now, but whatever set "
+            "them expected to keep privilege"
+        )
+    raise VerificationError(
+        f"after the permanent drop the process still holds capabilities "
+        f"({after.describe() if after else caps.describe()}) and they could not be cleared; exit now"
+    )
+
+
+def _holds_privilege(caps: Caps) -> bool:
+    return bool(caps.effective or caps.permitted or caps.ambient or caps.keepcaps)
+
+
+def _regain_attempts(gid: int) -> list[Step]:
+    """Every way back to root, as engine steps (loads the engine now)."""
     attempts = [
+        Step(Op.CAPS_RAISE, ()),  # what kept permitted capabilities would allow
         Step(Op.SETUID, (0,)),
         Step(Op.SETEUID, (0,)),
         Step(Op.SETREUID, (-1, 0)),
@@ -392,19 +547,22 @@ def _regain_attempts(gid: int) -> list[Any]:
     return attempts
 
 
-def _check_cannot_regain(attempts: list[Any]) -> None:
+def _check_cannot_regain(attempts: list[Step]) -> None:
     """Try every way back to root in a forked child (C only); any success is fatal."""
-    from uidprobe import engine  # already imported by _regain_attempts
-    from uidprobe.engine import Op
-
     # Fork, not the spawned runner: the question is whether *this* process
     # image (its C library, its preloads) can get root back.
     out = engine.run(attempts, via="fork")
     if not out.completed:
         raise VerificationError(f"could not check that root cannot be regained: {out.describe_end()}")
     for r in out.records:
-        if r.ok or 0 in r.uids or (r.step.op in (Op.SETGID, Op.SETEGID) and 0 in r.gids):
+        uids = r.kernel_uids or r.uids
+        gids = r.kernel_gids or r.gids
+        if r.step.op is Op.CAPS_RAISE:
+            regained = bool(r.cap_effective)
+        else:
+            regained = r.ok or 0 in uids or (r.step.op in (Op.SETGID, Op.SETEGID) and 0 in gids)
+        if regained:
             raise VerificationError(
                 f"after the permanent drop, {r.step} {'succeeded' if r.ok else 'failed'} and left "
-                f"uids {r.uids}, gids {r.gids}: privilege can be regained; exit now"
+                f"uids {uids}, gids {gids}, CapEff {r.cap_effective or 0:#x}: privilege can be regained; exit now"
             )
