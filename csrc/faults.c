@@ -15,6 +15,8 @@
  *                         2000 Linux capabilities bug did to sendmail)
  *   no-setresuid          setresuid and setresgid fail with ENOSYS (a C library
  *                         that has only stubs for them)
+ *   setresuid-ignored     setresuid returns success and changes nothing (a
+ *                         call that lies: the probes must not build on it)
  *   setgroups-ignored     setgroups returns success and changes nothing
  *   fsuid-stays-root      after every uid change the filesystem uid is put back
  *                         to 0 where the kernel allows it
@@ -47,6 +49,7 @@ enum fault {
     EPERM_ALL = 1 << 8,
     CRASH = 1 << 9,
     HANG = 1 << 10,
+    SETRESUID_IGNORED = 1 << 11,
 };
 
 static unsigned profile;
@@ -75,6 +78,7 @@ __attribute__((constructor)) static void load(void)
         {"eperm", EPERM_ALL},
         {"crash", CRASH},
         {"hang", HANG},
+        {"setresuid-ignored", SETRESUID_IGNORED},
     };
     const char *want = getenv("UIDPROBE_FAULT");
     while (want && *want) {
@@ -130,6 +134,8 @@ int setresuid(uid_t r, uid_t e, uid_t s)
         errno = ENOSYS;
         return -1;
     }
+    if (profile & SETRESUID_IGNORED)
+        return 0;
     return after(real_setresuid(r, e, s));
 }
 

@@ -160,6 +160,10 @@ EXPECTED_FLIPS: dict[str, dict[str, Any]] = {
     "no-setresuid": {"HASSETRESUID": False, "HASSETRESGID": False},
     "setgroups-ignored": {"SETGROUPS_CAN_CLEAR": False},
     "seteuid-moves-saved,no-setresuid": {"USESETEUID": False, "HASSETRESUID": False, "HASSETRESGID": False},
+    # A setup call that lies: the probes set up with setreuid instead, and
+    # only the liar's own verdict is no.
+    "setresuid-ignored": {"HASSETRESUID": False},
+    "setresuid-ignored,seteuid-moves-saved": {"HASSETRESUID": False, "USESETEUID": False},
 }
 
 

@@ -119,6 +119,11 @@ class Step:
         return f"{self.op.call}({', '.join(map(str, self.args))})"
 
 
+def emulation_reason(which: str, libc: object, kernel: object) -> str:
+    """Why ids cannot be believed when the C library and the kernel disagree."""
+    return f"the C library reports {which} {libc} but the kernel holds {kernel}: an emulated root such as fakeroot"
+
+
 @dataclass(frozen=True)
 class Record:
     """What the child saw after one step: the call's result and every id.
@@ -166,10 +171,7 @@ class Record:
                 continue
             for label, a, b in zip(("real", "effective", "saved"), lib, kern):
                 if a is not None and b is not None and b >= 0 and a != b:
-                    return (
-                        f"the C library reports {label} {what} {a} but the kernel holds {b}: "
-                        "an emulated root such as fakeroot"
-                    )
+                    return emulation_reason(f"{label} {what}", a, b)
         return None
 
 
@@ -211,6 +213,10 @@ class Features:
     setresuid: bool
     getresgid: bool
     setresgid: bool
+    #: setresuid/setresgid, where they exist, really set the ids they report
+    #: success for (checked at run time; False makes setup use setreuid)
+    setresuid_works: bool = True
+    setresgid_works: bool = True
 
 
 class EngineError(OSError):

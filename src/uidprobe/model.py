@@ -168,15 +168,17 @@ def _sym(value: int | None, ids: dict[str, int]) -> str:
 def _setup(family: str, state: State, ids: dict[str, int], feats: engine.Features) -> list[Step]:
     r, e, s = (_num(x, ids) for x in state)
     if family == "uid":
-        if feats.setresuid:
+        if feats.setresuid and feats.setresuid_works:
             return [Step(Op.SETRESUID, (r, e, s))]
         # setreuid(r, s) gives (r, s, s); seteuid(e) then needs privilege or e in {r, s}.
         return [Step(Op.SETREUID, (r, s)), Step(Op.SETEUID, (e,))]
     a = ids["A"]
     gid_steps = (
-        [Step(Op.SETRESGID, (r, e, s))] if feats.setresgid else [Step(Op.SETREGID, (r, s)), Step(Op.SETEGID, (e,))]
+        [Step(Op.SETRESGID, (r, e, s))]
+        if feats.setresgid and feats.setresgid_works
+        else [Step(Op.SETREGID, (r, s)), Step(Op.SETEGID, (e,))]
     )
-    drop = Step(Op.SETRESUID, (a, a, a)) if feats.setresuid else Step(Op.SETREUID, (a, a))
+    drop = Step(Op.SETRESUID, (a, a, a)) if feats.setresuid and feats.setresuid_works else Step(Op.SETREUID, (a, a))
     return [*gid_steps, drop]
 
 
@@ -219,7 +221,7 @@ def build(
 
     validate_ids((a, b), "model id", names=("A", "B"))
     ids = {"A": a, "B": b}
-    feats = runtime_features(timeout, module)
+    feats = runtime_features(timeout, module, a, a)
     states = all_states()
     calls = all_calls(family)
     work: list[list[Step]] = []

@@ -439,7 +439,17 @@ class Switcher:
         try:
             yield self._enter(sw)
         finally:
-            self._unwind()
+            # Three attempts, each in the finally of the one before: an
+            # exception a signal handler raises in the few bytecodes before
+            # an attempt reaches its C call (which blocks signals) cannot
+            # skip the next.  Each is a no-op once the identity is back.
+            try:
+                self._unwind()
+            finally:
+                try:
+                    self._unwind()
+                finally:
+                    self._unwind()
 
     # ---------------------------------------------------------- permanent
 
@@ -499,13 +509,14 @@ def _undo_drop(mech: Mechanism, start: Identity) -> list[Step]:
 
 
 def _check_no_capabilities() -> None:
-    """After a full drop the kernel clears the capability sets, unless
-    keepcaps or a securebit says otherwise.  Whatever is left is cleared,
-    and the drop raises: the caller asked for a drop that, as set up, would
-    have kept privilege."""
-    caps = engine.read_creds(caps=True).caps
-    if caps is None or not _holds_privilege(caps):
-        return
+    """After a full drop the kernel clears the permitted, effective and
+    ambient sets, unless keepcaps or a securebit says otherwise.  Whatever
+    is left (the inheritable set always is) is cleared now; if privilege
+    was left, the drop raises: whatever set keepcaps or the securebit
+    expected the process to keep it."""
+    before = engine.read_creds(caps=True).caps
+    if before is None:
+        return  # no capabilities on this platform
     clear = SwitchPlan(
         [
             (Step(Op.KEEPCAPS, (0,)), Expect()),
@@ -515,16 +526,18 @@ def _check_no_capabilities() -> None:
         [],
     ).run()
     after = engine.read_creds(caps=True).caps
-    if clear.status is SwitchStatus.OK and after is not None and not _holds_privilege(after):
+    cleared = clear.status is SwitchStatus.OK and after is not None and not _holds_privilege(after)
+    if not cleared:
         raise VerificationError(
-            f"after the permanent drop the process still held capabilities ({caps.describe()}; "
+            f"after the permanent drop the process still holds capabilities "
+            f"({(after or before).describe()}) and they could not be cleared; exit now"
+        )
+    if _holds_privilege(before):
+        raise VerificationError(
+            f"after the permanent drop the process still held capabilities ({before.describe()}; "
             "PR_SET_KEEPCAPS or a securebit kept them): they have been cleared now, but whatever set "
             "them expected to keep privilege"
         )
-    raise VerificationError(
-        f"after the permanent drop the process still holds capabilities "
-        f"({after.describe() if after else caps.describe()}) and they could not be cleared; exit now"
-    )
 
 
 def _holds_privilege(caps: Caps) -> bool:

@@ -63,9 +63,13 @@ class ProcessState:
     gid_map: IdMap | None
     setgroups_allowed: bool
     overflow_ids: frozenset[int] = field(default_factory=frozenset)
+    #: why the C library's ids cannot be believed (an emulated root), or None
+    emulation: str | None = None
 
     def cannot_switch(self, family: str) -> str | None:
         """Why this process cannot establish the start state, or None."""
+        if self.emulation:
+            return f"this process cannot test: {self.emulation}"
         need = [("CAP_SETUID", self.cap_setuid)]
         if family != "uid":
             need.append(("CAP_SETGID", self.cap_setgid))
@@ -103,13 +107,33 @@ def _parse_map(path: str) -> IdMap | None:
     return IdMap(path, tuple(ranges))
 
 
-def _effective_caps() -> int | None:
-    status = _read("/proc/self/status")
+def _status_field(status: str | None, name: str) -> list[str] | None:
     if status is None:
         return None
     for line in status.splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
+        if line.startswith(name + ":"):
+            return line.split()[1:]
+    return None
+
+
+def _effective_caps(status: str | None) -> int | None:
+    field = _status_field(status, "CapEff")
+    return int(field[0], 16) if field else None
+
+
+def _emulation(status: str | None) -> str | None:
+    """Where the C library's ids differ from the kernel's (``/proc``: the
+    kernel's own account), an LD_PRELOAD emulation such as fakeroot answers
+    the calls; nothing measured through it describes this machine."""
+    for what, libc in (("uid", os.getresuid()), ("gid", os.getresgid())):
+        kernel = _status_field(status, what.capitalize())
+        if not kernel or len(kernel) < 3:
+            continue
+        for label, a, b in zip(("real", "effective", "saved"), libc, kernel):
+            if str(a) != b:
+                from uidprobe.engine import emulation_reason  # only on this rare path
+
+                return emulation_reason(f"{label} {what}", a, b)
     return None
 
 
@@ -125,7 +149,9 @@ def _overflow_ids() -> frozenset[int]:
 def read_state(proc: str = "/proc/self") -> ProcessState:
     """The current process's privilege facts (Linux: from /proc)."""
     euid = os.geteuid()
-    caps = _effective_caps() if sys.platform.startswith("linux") else None
+    linux = sys.platform.startswith("linux")
+    status = _read("/proc/self/status") if linux else None
+    caps = _effective_caps(status)
     caps_known = caps is not None
     setgroups_text = _read(f"{proc}/setgroups")
     return ProcessState(
@@ -137,6 +163,7 @@ def read_state(proc: str = "/proc/self") -> ProcessState:
         gid_map=_parse_map(f"{proc}/gid_map"),
         setgroups_allowed=setgroups_text is None or setgroups_text.strip() != "deny",
         overflow_ids=_overflow_ids(),
+        emulation=_emulation(status),
     )
 
 

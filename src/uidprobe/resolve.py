@@ -74,7 +74,11 @@ def resolve(path: str | None = None, live: bool = True) -> Snapshot:
     if why_not is None:
         from uidprobe import suite
 
-        results = suite.run(list(OBSERVED))
+        try:
+            results = suite.run(list(OBSERVED))
+        except Exception as e:  # import must never fail because of the environment
+            why_not = f"live probing failed: {type(e).__name__}: {e}"
+    if why_not is None:
         return Snapshot(
             values={n: r.value for n, r in results.items()},
             source="probe",

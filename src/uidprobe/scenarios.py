@@ -329,13 +329,16 @@ def _concrete(c: Call, uids: IdSet, gids: IdSet) -> PlannedStep:
 def _expand(token: str, feats: Features) -> list[Call]:
     """The calls behind a pseudo-call, using the most direct mechanism there is.
 
-    Setup and aux steps use setresuid/setresgid where the C library has them,
-    so that a broken seteuid (say) shows up only in the probe that tests it.
+    Setup and aux steps use setresuid/setresgid where the C library has them
+    and they were seen to work, so that a broken seteuid (say) shows up only
+    in the probe that tests it, and a setresuid that lies only in HASSETRESUID.
     """
     setup, aux = Role.SETUP, Role.AUX
+    res_uid = feats.setresuid and feats.setresuid_works
+    res_gid = feats.setresgid and feats.setresgid_works
     uid_root = (
         call(Op.SETRESUID, U, 0, 0, uids=(U, 0, 0), role=setup)
-        if feats.setresuid
+        if res_uid
         else call(Op.SETREUID, U, 0, uids=(U, 0, 0), role=setup)  # saved follows euid: 0
     )
     if token == START_SETUID_ROOT:
@@ -343,18 +346,18 @@ def _expand(token: str, feats: Features) -> list[Call]:
     if token == START_SETID_ROOT:
         gid_root = (
             call(Op.SETRESGID, U, 0, 0, gids=(U, 0, 0), role=setup)
-            if feats.setresgid
+            if res_gid
             else call(Op.SETREGID, U, 0, gids=(U, 0, 0), role=setup)
         )
         return [gid_root, uid_root]
     # With real U and saved 0, setreuid(-1, x) leaves saved alone when x is U
     # and sets it to 0 when x is 0: the same states as setresuid gives.
     if token == DROP:
-        if feats.setresuid:
+        if res_uid:
             return [call(Op.SETRESUID, -1, U, -1, uids=(U, U, 0), role=aux)]
         return [call(Op.SETREUID, -1, U, uids=(U, U, 0), role=aux)]
     if token == REGAIN:
-        if feats.setresuid:
+        if res_uid:
             return [call(Op.SETRESUID, -1, 0, -1, uids=(U, 0, 0), role=aux)]
         return [call(Op.SETREUID, -1, 0, uids=(U, 0, 0), role=aux)]
     raise ValueError(f"unknown pseudo-call {token!r}")

@@ -41,32 +41,64 @@ def declared_saved_ids() -> Result:
     return Result(DECLARED, verdict, reason, (), meaning, "declared")
 
 
-_FEATURES: dict[int, engine.Features] = {}
+_FEATURES: dict[tuple[int, int | None, int | None], engine.Features] = {}
 
 
-def runtime_features(timeout: float, module: Any = None) -> engine.Features:
+def runtime_features(
+    timeout: float, module: Any = None, uid: int | None = None, gid: int | None = None
+) -> engine.Features:
     """The optional calls that exist at build time *and* work at run time.
 
     A C library may export setresuid as a stub that fails with ENOSYS (glibc
     does so where the kernel lacks the call), and a sandbox may refuse it the
-    same way.  ``setresuid(-1, -1, -1)`` changes nothing and is allowed to
-    anyone, so one child answers for both calls.  The answer is kept for the
-    life of the process: its C library does not change.
+    same way: ``setresuid(-1, -1, -1)`` changes nothing and is allowed to
+    anyone, so it answers that.  A call may also report success and change
+    nothing: with ``uid``/``gid`` (ordinary ids a privileged caller can
+    switch to), the child also sets real ``uid``/``gid`` and reads them
+    back, and a call that lies is not used to set up the probes.  One child
+    answers all of it; the answer is kept for the life of the process.
     """
-    key = id(module)
+    key = (id(module), uid, gid)
     if key not in _FEATURES:
-        _FEATURES[key] = _measure_features(timeout, module)
+        _FEATURES[key] = _measure_features(timeout, module, uid, gid)
     return _FEATURES[key]
 
 
-def _measure_features(timeout: float, module: Any) -> engine.Features:
+def _measure_features(timeout: float, module: Any, uid: int | None, gid: int | None) -> engine.Features:
     built = engine.features(module)
     if not (built.setresuid or built.setresgid):
         return built
-    steps = [engine.Step(engine.Op.SETRESUID, (-1, -1, -1)), engine.Step(engine.Op.SETRESGID, (-1, -1, -1))]
+    op, step = engine.Op, engine.Step
+    steps = [step(op.SETRESUID, (-1, -1, -1)), step(op.SETRESGID, (-1, -1, -1))]
+    if gid is not None and built.setresgid:
+        steps.append(step(op.SETRESGID, (gid, 0, 0)))
+    if uid is not None and built.setresuid:
+        steps.append(step(op.SETRESUID, (uid, 0, 0)))
     out = engine.run(steps, timeout, module)
-    works = [r.errno != errno.ENOSYS for r in out.records] if out.completed else [True, True]
-    return dataclasses.replace(built, setresuid=built.setresuid and works[0], setresgid=built.setresgid and works[1])
+    if not out.completed:  # cannot tell (no child, crash): keep what the build found
+        return built
+    by_op: dict[engine.Op, list[engine.Record]] = {}
+    for r in out.records:
+        by_op.setdefault(r.step.op, []).append(r)
+
+    def exists(which: engine.Op) -> bool:
+        return by_op[which][0].errno != errno.ENOSYS
+
+    def truthful(which: engine.Op, target: int | None) -> bool:
+        """False when setting real ``target`` reported success but did not happen."""
+        recs = by_op[which]
+        if target is None or len(recs) < 2 or not recs[1].ok:
+            return True
+        ids = recs[1].uids if which is engine.Op.SETRESUID else recs[1].gids
+        return ids[0] == target and ids[1] == 0
+
+    return dataclasses.replace(
+        built,
+        setresuid=built.setresuid and exists(op.SETRESUID),
+        setresgid=built.setresgid and exists(op.SETRESGID),
+        setresuid_works=truthful(op.SETRESUID, uid),
+        setresgid_works=truthful(op.SETRESGID, gid),
+    )
 
 
 def _precondition(sc: Scenario, state: ProcessState, uids: IdSet | str, gids: IdSet | str) -> str | None:
@@ -116,7 +148,12 @@ def run(
         if why:
             results[name] = verdicts.not_run(name, sc.meaning, None, why)
             continue
-        feats = feats or runtime_features(timeout, module)
+        feats = feats or runtime_features(
+            timeout,
+            module,
+            uid_set.user if isinstance(uid_set, IdSet) else None,
+            gid_set.user if isinstance(gid_set, IdSet) else None,
+        )
         missing = [n for n in sc.needs if not getattr(feats, n)]
         if missing:
             results[name] = verdicts.not_run(name, sc.meaning, False, _NEEDS_TEXT.format(call=missing[0]))
