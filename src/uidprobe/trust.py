@@ -31,13 +31,12 @@ The rule (sendmail's safe-file rule, with the saved uid taken into account):
   links per path.  A link's target is read from the descriptor of the link
   itself.  Writing never follows a symlink at the final name: it is refused.
 
-Only ``os`` and ``stat`` (and the built-in ``errno``): reading the store is
+Only ``os`` and ``stat`` at import: reading the store is
 on the import path of ``uidprobe.config``, which must stay cheap.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 
@@ -158,7 +157,9 @@ def _look(name: str, dfd: int) -> tuple[int | None, os.stat_result]:
         except BaseException:
             os.close(fd)
             raise
-    try:  # pragma: no cover (Linux has O_PATH)
+    import errno  # pragma: no cover (Linux has O_PATH)
+
+    try:  # pragma: no cover
         fd = os.open(name, _DIRECTORY | os.O_NONBLOCK, dir_fd=dfd)
     except OSError as e:  # pragma: no cover
         if e.errno not in (errno.ELOOP, errno.ENOTDIR):
