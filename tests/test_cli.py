@@ -211,14 +211,20 @@ def test_configure_as_non_root_exits_77_and_writes_nothing(store_dir: Path) -> N
 def test_configure_to_an_unwritable_path_exits_73_with_one_line() -> None:
     p = uidprobe("configure", "--store", "/proc/1/nope/verdicts")
     assert p.returncode == cli.EX_CANTCREAT
-    assert p.stderr == "uidprobe: cannot write in /proc/1/nope: No such file or directory\n"
+    assert p.stderr == (
+        "uidprobe: cannot write /proc/1/nope/verdicts: "
+        "cannot create directory /proc/1/nope: No such file or directory\n"
+    )
 
 
 @requires_root
-def test_configure_into_an_unsafe_directory_warns_that_it_will_be_ignored(store_dir: Path) -> None:
+def test_configure_into_an_unsafe_directory_is_refused_with_73_and_writes_nothing(store_dir: Path) -> None:
     store_dir.chmod(0o777)
     p = uidprobe("configure", "--store", str(store_dir / "v.json"))
-    assert p.returncode == 0 and "importing programs will ignore it" in p.stdout
+    assert p.returncode == cli.EX_CANTCREAT
+    why = f"directory {store_dir} is writable by others (mode 0777)"
+    assert p.stderr == f"uidprobe: cannot write {store_dir}/v.json: {why}\n"
+    assert list(store_dir.iterdir()) == []
 
 
 # ------------------------------------------------------------------ show

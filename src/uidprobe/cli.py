@@ -9,7 +9,7 @@ exit codes, and scripts need the same):
     1   ``model --diff``: the models differ
     64  bad arguments or an unknown probe name (EX_USAGE)
     65  ``model --diff``: a file is not a model (EX_DATAERR)
-    73  a path could not be written (EX_CANTCREAT)
+    73  a path could not be written, or was refused as unsafe (EX_CANTCREAT)
     77  ``configure`` without root (EX_NOPERM)
 """
 
@@ -46,7 +46,7 @@ verdicts:
 
 exit codes: 0 ok (check: yes), 1 check: no (model --diff: differences),
             2 check: undetermined, 64 bad usage, 65 not a model file,
-            73 cannot write, 77 needs root
+            73 cannot write (or refused: unsafe path), 77 needs root
 
 examples:
   uidprobe                         probe (as root) and print every verdict
@@ -60,9 +60,11 @@ examples:
   uidprobe model --diff a.json b.json   where two systems differ
 
 store: {default} unless $UIDPROBE_STORE or --store says otherwise; trusted
-only if it and every directory above it are owned by root (or you) and not
-writable by group or others, and only on the kernel and C library it was
-measured on.
+only if it is a regular file and it and every directory above it (symlinks
+included) are owned by root, or by you when your real, effective and saved
+uids are all yours, and not writable by group or others (a root-owned sticky
+directory such as /tmp is fine); and only on the kernel and C library it was
+measured on.  configure and model -o refuse to write where that fails.
 """
 
 
@@ -190,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="summary",
         help="summary (default), json (versioned schema) or dot (Graphviz)",
     )
-    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write FILE (atomically; refused through a symlink or into an unsafe directory) "
+        "instead of standard output ('-')",
+    )
     p.add_argument("--ids", type=_pair, default=(2, 3), metavar="A,B", help="the ids behind A and B (default 2,3)")
     p.add_argument(
         "--diff",
@@ -308,17 +316,14 @@ def cmd_configure(args: argparse.Namespace, out: TextIO) -> int:
         )
         return EX_NOPERM
     path = args.store or store.default_path()
-    results = _run(args, None)
     try:
-        store.save(path, results)
+        store.check_writable(path)  # refuse before forking a single probe child
+        results = _run(args, None)
+        store.save(path, results)  # decides again: the check above was only early
     except store.StoreError as e:
-        sys.stderr.write(f"uidprobe: {e.strerror}\n")
-        return EX_CANTCREAT
+        return _cannot_write(path, e)
     undetermined = [n for n, r in results.items() if r.verdict is None and r.kind == "observed"]
     out.write(f"wrote {len(results) - 1} verdicts to {path}\n")
-    why = store.unsafe_reason(path)
-    if why:
-        out.write(f"warning: importing programs will ignore it: {why}\n")
     if undetermined:
         out.write(f"warning: undetermined (stored as 0): {', '.join(undetermined)}; see 'uidprobe explain NAME'\n")
     return EX_OK
@@ -405,16 +410,23 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     return EX_OK
 
 
+def _cannot_write(path: str, e: OSError) -> int:
+    sys.stderr.write(f"uidprobe: cannot write {path}: {e}\n")
+    return EX_CANTCREAT
+
+
 def _write_output(path: str | None, text: str, out: TextIO) -> int:
-    if path is None:
+    """Standard output, or FILE through the safe writer: root must not follow
+    a symlink another user planted, nor write into a directory they control."""
+    from uidprobe import trust
+
+    if path is None or path == "-":
         out.write(text)
         return EX_OK
     try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as e:
-        sys.stderr.write(f"uidprobe: cannot write {path}: {e.strerror}\n")
-        return EX_CANTCREAT
+        trust.write_atomic(path, text.encode("utf-8"), 0o644)
+    except trust.WriteError as e:
+        return _cannot_write(path, e)
     return EX_OK
 
 
@@ -437,6 +449,13 @@ def cmd_model(args: argparse.Namespace, out: TextIO) -> int:
     if why:
         sys.stderr.write(f"uidprobe: the model needs root to establish each state; {why}\n")
         return EX_NOPERM
+    if args.output not in (None, "-"):
+        from uidprobe import trust
+
+        try:
+            trust.check_writable(args.output)  # refuse before 2,376 forks, not after
+        except trust.WriteError as e:
+            return _cannot_write(args.output, e)
     try:
         m = model.build(family, a=args.ids[0], b=args.ids[1], timeout=args.timeout)
     except ValueError as e:

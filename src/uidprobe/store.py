@@ -1,30 +1,29 @@
 """The persisted verdicts: where they live, when to trust them, how to write them.
 
 A root process reads this file and acts on it, so it is trusted only when
-nobody but root (or the reading user) could have written it: the file and
-every directory above it must be owned by root or the current effective user
-and not writable by group or others (sendmail's safe-file rule).  A
-directory writable by others is accepted only if it is root's and sticky
-(like /tmp), where others cannot rename or delete our entries.  The same
-rule applies to a path given explicitly or through ``UIDPROBE_STORE``: an
-environment variable must not let another user feed verdicts to root.
+nobody but root (or a reader whose real, effective and saved uids are all
+the file's owner) could have written it: the safe-file rule of
+``uidprobe.trust``, decided from the open descriptor that is read, for the
+file and every directory above it.  The same rule applies to a path given
+explicitly or through ``UIDPROBE_STORE``: an environment variable must not
+let another user feed verdicts to root.
 
 A store also carries a fingerprint of the kernel and C library it was
 measured on; on any other it is stale and ignored.  Anything wrong with the
-file (missing, unsafe, truncated, garbage, wrong types, stale) makes it an
-absent store with a reason, never an exception.
+file (missing, unsafe, not a regular file, truncated, garbage, wrong types,
+stale) makes it an absent store with a reason, never an exception.
 
 This module uses only the standard library: reading a store must not load
-the C engine or fork (invariant 5).
+the C engine or fork, and import must stay cheap.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import stat
 import time
 
+from uidprobe import trust
 from uidprobe.names import OBSERVED, VERSION
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: see uidprobe/__init__.py
@@ -38,11 +37,11 @@ __all__ = [
     "Loaded",
     "StoreError",
     "Stored",
+    "check_writable",
     "current_fingerprint",
     "default_path",
     "load",
     "save",
-    "unsafe_reason",
 ]
 
 DEFAULT_PATH = "/var/lib/uidprobe/verdicts"
@@ -51,8 +50,8 @@ FORMAT = 1
 MAX_BYTES = 1 << 20  # a store is a few KiB; refuse to parse anything huge
 
 
-class StoreError(OSError):
-    """The store could not be written (the reason is in the message)."""
+class StoreError(trust.WriteError):
+    """The store was not written: the message is one line saying why."""
 
 
 # Plain classes, not dataclasses: reading a store happens at import time of
@@ -130,52 +129,6 @@ def current_fingerprint() -> dict[str, str]:
         "system": u.sysname,
         "uidprobe": VERSION,
     }
-
-
-# ------------------------------------------------------------------- safety
-
-
-def _owner_ok(st: os.stat_result, euid: int) -> bool:
-    return st.st_uid in (0, euid)
-
-
-def unsafe_reason(path: str, euid: int | None = None) -> str | None:
-    """Why ``path`` must not be trusted, or None when it is safe to read.
-
-    Checks the file and every directory from it up to /, after resolving
-    symlinks (the resolved path is what gets opened).
-    """
-    euid = os.geteuid() if euid is None else euid
-    real = os.path.realpath(path)
-    try:
-        st = os.stat(real)
-    except FileNotFoundError:
-        return None  # absence is reported by the reader, not as "unsafe"
-    except OSError as e:
-        return f"cannot stat {real}: {e.strerror}"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{real} is not a regular file"
-    if not _owner_ok(st, euid):
-        return f"{real} is owned by uid {st.st_uid}, not root or uid {euid}"
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{real} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
-    d = os.path.dirname(real)
-    while True:
-        try:
-            ds = os.stat(d)
-        except OSError as e:
-            return f"cannot stat {d}: {e.strerror}"
-        if not _owner_ok(ds, euid):
-            return f"directory {d} is owned by uid {ds.st_uid}, not root or uid {euid}"
-        mode = stat.S_IMODE(ds.st_mode)
-        if mode & stat.S_IWOTH and not (mode & stat.S_ISVTX and ds.st_uid == 0):
-            return f"directory {d} is writable by others (mode {mode:04o})"
-        if mode & stat.S_IWGRP and not (mode & stat.S_ISVTX and ds.st_uid == 0):
-            return f"directory {d} is writable by group (mode {mode:04o})"
-        parent = os.path.dirname(d)
-        if parent == d:
-            return None
-        d = parent
 
 
 # ------------------------------------------------------------ file format
@@ -279,26 +232,20 @@ def _stale(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     return None
 
 
-def load(path: str | None = None, euid: int | None = None) -> Loaded:
+def load(path: str | None = None, uids: tuple[int, int, int] | None = None) -> Loaded:
     """Read and validate the store at ``path`` (default: ``default_path()``).
 
-    Never raises: a store that cannot be trusted comes back with
-    ``results=None`` and the reason.
+    ``uids`` (real, effective, saved) are whose trust to apply; by default
+    this process's.  Never raises: a store that cannot be trusted comes back
+    with ``results=None`` and the reason.
     """
     path = path or default_path()
     try:
-        why = unsafe_reason(path, euid)
-        if why:
-            return Loaded(path, None, f"unsafe: {why}")
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(os.path.realpath(path), flags)
-        except FileNotFoundError:
-            return Loaded(path, None, "absent: no store at this path (run 'uidprobe configure' as root)")
-        with os.fdopen(fd, "rb") as f:
-            raw = f.read(MAX_BYTES + 1)
-        if len(raw) > MAX_BYTES:
-            return Loaded(path, None, f"invalid: larger than {MAX_BYTES} bytes")
+        raw, why = trust.read_trusted(path, max_bytes=MAX_BYTES, uids=uids)
+        if raw is None:
+            if why.startswith("absent"):
+                why = "absent: no store at this path (run 'uidprobe configure' as root)"
+            return Loaded(path, None, why)
         if not raw.strip():
             return Loaded(path, None, "invalid: the file is empty")
         try:
@@ -336,32 +283,24 @@ def serialise(results: dict[str, Any], created: float | None = None) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def save(path: str, results: dict[str, Any]) -> None:
-    """Write the store atomically: temp file in the same directory, fsync,
-    rename, fsync the directory.  Readers see the old or the new file, never
-    a partial one.  Mode 0644; missing directories are created 0755."""
-    import contextlib
-    import tempfile
+def check_writable(path: str) -> None:
+    """Raise StoreError now if ``save(path, ...)`` would refuse the path.
 
-    d = os.path.dirname(os.path.abspath(path))
+    ``configure`` calls this before probing, so an unsafe destination is
+    refused before any child is forked.
+    """
     try:
-        os.makedirs(d, mode=0o755, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".verdicts.", suffix=".tmp", dir=d)
-    except OSError as e:
-        raise StoreError(e.errno, f"cannot write in {d}: {e.strerror}") from None
+        trust.check_writable(path, make_dirs=True)
+    except trust.WriteError as e:
+        raise StoreError(str(e)) from None
+
+
+def save(path: str, results: dict[str, Any]) -> None:
+    """Write the store with ``trust.write_atomic`` (mode 0644; missing
+    directories created 0755): readers see the old or the new file, never a
+    partial one, and nothing is written through a symlink or into a
+    directory chain that the safe-file rule would not trust."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(serialise(results))
-            f.flush()
-            os.fchmod(f.fileno(), 0o644)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise StoreError(e.errno, f"cannot write {path}: {e.strerror}") from None
-    dfd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        trust.write_atomic(path, serialise(results), 0o644, make_dirs=True)
+    except trust.WriteError as e:
+        raise StoreError(str(e)) from None
