@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from conftest import AS_NOBODY, requires_cc, requires_other_user, requires_root, requires_tools
-from uidprobe import scenarios, store
+from uidprobe import probes, store
 from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result
 
@@ -60,8 +60,8 @@ def write_store(path: Path, verdict: dict[str, bool | None]) -> None:
     store.save(str(path), {n: Result(n, verdict.get(n, True), "from test") for n in OBSERVED})
 
 
-def test_config_names_are_exactly_the_scenarios() -> None:
-    assert tuple(s.name for s in scenarios.SCENARIOS) == OBSERVED
+def test_config_names_are_exactly_the_probes() -> None:
+    assert tuple(p.name for p in probes.PROBES) == OBSERVED
 
 
 def test_with_a_valid_store_import_loads_no_extension_forks_nothing_writes_nothing(store_dir: Path) -> None:

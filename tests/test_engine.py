@@ -13,7 +13,10 @@ import pytest
 from conftest import requires_root, run_python
 from procinfo import identity, open_fds, zombies_of_this_process
 from uidprobe import _engine, engine
-from uidprobe.engine import Op, Step
+from uidprobe.engine import Engine, Op, Step, default_engine
+
+#: The installed engine, as every caller gets it.
+ENGINE = default_engine()
 
 
 def test_python_limits_match_the_compiled_engine() -> None:
@@ -22,14 +25,14 @@ def test_python_limits_match_the_compiled_engine() -> None:
     assert [op.value for op in Op] == [getattr(_engine.lib, f"UP_OP_{op.name}") for op in Op]
 
 
-def test_features_report_the_res_calls_glibc_provides() -> None:
-    f = engine.features()
+def test_features_report_the_res_calls_this_c_library_provides() -> None:
+    f = ENGINE.built
     assert f.getresuid and f.setresuid and f.getresgid and f.setresgid
 
 
 @requires_root
 def test_each_step_is_recorded_with_its_read_back_ids() -> None:
-    out = engine.run([Step(Op.SETRESUID, (1, 0, 0)), Step(Op.SETEUID, (2,))])
+    out = ENGINE.run([Step(Op.SETRESUID, (1, 0, 0)), Step(Op.SETEUID, (2,))])
     assert out.completed
     assert [r.uids for r in out.records] == [(1, 0, 0), (1, 2, 0)]
     assert [r.ret for r in out.records] == [0, 0]
@@ -37,25 +40,25 @@ def test_each_step_is_recorded_with_its_read_back_ids() -> None:
 
 @requires_root
 def test_a_failing_call_records_its_errno_and_the_unchanged_ids() -> None:
-    out = engine.run([Step(Op.SETUID, (5,)), Step(Op.SETUID, (0,))])
+    out = ENGINE.run([Step(Op.SETUID, (5,)), Step(Op.SETUID, (0,))])
     failed = out.records[1]
     assert (failed.ret, failed.errno, failed.uids) == (-1, 1, (5, 5, 5))  # EPERM
 
 
 @requires_root
 def test_setgroups_step_reads_the_group_list_back() -> None:
-    out = engine.run([Step(Op.SETGROUPS, (7, 8)), Step(Op.SETGROUPS, ())])
+    out = ENGINE.run([Step(Op.SETGROUPS, (7, 8)), Step(Op.SETGROUPS, ())])
     assert [r.groups for r in out.records] == [(7, 8), ()]
 
 
 def test_an_empty_step_list_completes_with_no_records() -> None:
-    out = engine.run([])
+    out = ENGINE.run([])
     assert out.completed and out.records == () and out.exit_code == 0
 
 
 def test_more_steps_than_the_engine_holds_are_refused_before_forking() -> None:
     with pytest.raises(ValueError, match="at most 64 steps"):
-        engine.run([Step(Op.SETEUID, (0,))] * 65)
+        ENGINE.run([Step(Op.SETEUID, (0,))] * 65)
 
 
 def test_ids_outside_uid_t_are_refused() -> None:
@@ -65,11 +68,11 @@ def test_ids_outside_uid_t_are_refused() -> None:
 
 def test_non_positive_timeout_is_refused() -> None:
     with pytest.raises(ValueError, match="timeout"):
-        engine.run([], timeout=0)
+        ENGINE.run([], timeout=0)
 
 
 def test_batch_gives_one_outcome_per_step_list_in_order() -> None:
-    outs = engine.run_batch([[Step(Op.SETEUID, (0,))], [], [Step(Op.SETGID, (0,))] * 2])
+    outs = ENGINE.run_batch([[Step(Op.SETEUID, (0,))], [], [Step(Op.SETGID, (0,))] * 2])
     assert [len(o.records) for o in outs] == [1, 0, 2]
     assert all(o.completed for o in outs)
 
@@ -77,7 +80,7 @@ def test_batch_gives_one_outcome_per_step_list_in_order() -> None:
 def test_runs_leave_no_open_fd_and_no_zombie() -> None:
     before = open_fds()
     for _ in range(50):
-        engine.run([Step(Op.SETEUID, (os.geteuid(),))])
+        ENGINE.run([Step(Op.SETEUID, (os.geteuid(),))])
     assert open_fds() == before
     assert zombies_of_this_process() == []
 
@@ -97,7 +100,7 @@ def sigchld(request: pytest.FixtureRequest) -> Iterator[list[int]]:
 
 @pytest.mark.parametrize("sigchld", ["ignored", "handler"], indirect=True)
 def test_run_completes_whatever_the_sigchld_disposition(sigchld: list[int]) -> None:
-    out = engine.run([Step(Op.SETEUID, (os.geteuid(),))])
+    out = ENGINE.run([Step(Op.SETEUID, (os.geteuid(),))])
     assert out.completed and len(out.records) == 1
     assert zombies_of_this_process() == []
 
@@ -114,7 +117,7 @@ def test_run_works_while_other_python_threads_are_busy() -> None:
     for t in threads:
         t.start()
     try:
-        outs = [engine.run([Step(Op.SETEUID, (os.geteuid(),))]) for _ in range(20)]
+        outs = [ENGINE.run([Step(Op.SETEUID, (os.geteuid(),))]) for _ in range(20)]
     finally:
         stop.set()
         for t in threads:
@@ -125,7 +128,7 @@ def test_run_works_while_other_python_threads_are_busy() -> None:
 def test_a_crashing_child_is_reported_and_reaped(faults_so: Path) -> None:
     code = (
         "import os, uidprobe.engine as e\n"
-        "o = e.run([e.Step(e.Op.SETEUID, (0,))])\n"
+        "o = e.default_engine().run([e.Step(e.Op.SETEUID, (0,))])\n"
         "print(o.completed, o.signal, o.describe_end())\n"
     )
     proc = run_python(code, env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "crash"})
@@ -137,7 +140,7 @@ def test_a_hanging_child_is_killed_at_the_deadline(faults_so: Path) -> None:
     code = (
         "import time, uidprobe.engine as e\n"
         "t = time.monotonic()\n"
-        "o = e.run([e.Step(e.Op.SETEUID, (0,))], timeout=0.2)\n"
+        "o = e.default_engine().run([e.Step(e.Op.SETEUID, (0,))], timeout=0.2)\n"
         "print(o.timed_out, o.signal, round(time.monotonic() - t, 1))\n"
     )
     proc = run_python(code, env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "hang"})
@@ -149,7 +152,7 @@ def test_a_hanging_child_is_killed_at_the_deadline(faults_so: Path) -> None:
 @requires_root
 def test_parent_ids_groups_and_caps_are_unchanged_after_a_full_drop_in_the_child() -> None:
     before = identity()
-    engine.run([Step(Op.SETGROUPS, (9,)), Step(Op.SETRESGID, (9, 9, 9)), Step(Op.SETRESUID, (9, 9, 9))])
+    ENGINE.run([Step(Op.SETGROUPS, (9,)), Step(Op.SETRESGID, (9, 9, 9)), Step(Op.SETRESUID, (9, 9, 9))])
     assert identity() == before
 
 
@@ -159,7 +162,7 @@ def test_run_completes_while_a_timer_signal_interrupts_the_parent_constantly() -
     old = signal.signal(signal.SIGALRM, lambda signum, frame: hits.append(signum))
     signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
     try:
-        outs = [engine.run([Step(Op.SETEUID, (os.geteuid(),))]) for _ in range(30)]
+        outs = [ENGINE.run([Step(Op.SETEUID, (os.geteuid(),))]) for _ in range(30)]
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
         signal.signal(signal.SIGALRM, old)
@@ -168,36 +171,36 @@ def test_run_completes_while_a_timer_signal_interrupts_the_parent_constantly() -
 
 
 def test_the_runner_program_is_installed_beside_the_engine() -> None:
-    assert engine.runner_path() is not None
+    assert ENGINE.runner is not None and os.access(ENGINE.runner, os.X_OK)
+    assert Path(ENGINE.runner).parent == Path(_engine.__file__).parent
 
 
 @requires_root
 def test_spawned_runner_and_in_process_fork_give_the_same_trace() -> None:
     steps = [Step(Op.SETRESUID, (1, 0, 0)), Step(Op.SETEUID, (2,)), Step(Op.SETUID, (0,)), Step(Op.SETGROUPS, (4,))]
-    spawned = engine.run(steps, via="spawn")
-    forked = engine.run(steps, via="fork")
+    spawned = ENGINE.run(steps, via="spawn")
+    forked = ENGINE.run(steps, via="fork")
     assert spawned.records == forked.records and spawned.completed and forked.completed
 
 
-def test_auto_falls_back_to_forking_when_the_runner_cannot_be_started(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "runner_path", lambda module=None: "/nonexistent/_runner")
-    assert engine.run([Step(Op.SETEUID, (os.geteuid(),))]).completed
+def test_auto_falls_back_to_forking_when_the_runner_cannot_be_started() -> None:
+    broken = Engine(_engine, runner="/nonexistent/_runner")
+    assert broken.run([Step(Op.SETEUID, (os.geteuid(),))]).completed
 
 
-def test_explicit_spawn_without_a_runner_is_an_engine_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "runner_path", lambda module=None: None)
+def test_explicit_spawn_without_a_runner_is_an_engine_error() -> None:
     with pytest.raises(engine.EngineError, match="runner program is not installed"):
-        engine.run([], via="spawn")
+        Engine(_engine, runner=None).run([], via="spawn")
 
 
 def test_unknown_transport_is_refused() -> None:
-    with pytest.raises(ValueError, match="via must be"):
-        engine.run([], via="thread")
+    with pytest.raises(ValueError, match="'thread' is not a valid Transport"):
+        ENGINE.run([], via="thread")
 
 
 def test_a_batch_larger_than_the_runners_chunk_keeps_order() -> None:
     uid = os.geteuid()
-    outs = engine.run_batch([[Step(Op.SETEUID, (uid,))] * (i % 3) for i in range(150)], via="spawn")
+    outs = ENGINE.run_batch([[Step(Op.SETEUID, (uid,))] * (i % 3) for i in range(150)], via="spawn")
     assert [len(o.records) for o in outs] == [i % 3 for i in range(150)]
     assert all(o.completed for o in outs)
 
@@ -205,7 +208,7 @@ def test_a_batch_larger_than_the_runners_chunk_keeps_order() -> None:
 @requires_root
 def test_a_batch_split_over_parallel_runners_gives_the_same_traces_in_order() -> None:
     batch = [[Step(Op.SETRESUID, (i % 5 + 1, 0, 0)), Step(Op.SETEUID, (i % 7 + 1,))] for i in range(300)]
-    one = engine.run_batch(batch, via="spawn", jobs=1)
-    three = engine.run_batch(batch, via="spawn", jobs=3)
+    one = ENGINE.run_batch(batch, via="spawn", jobs=1)
+    three = ENGINE.run_batch(batch, via="spawn", jobs=3)
     assert [o.records for o in one] == [o.records for o in three]
     assert [o.records[1].uids[1] for o in three] == [i % 7 + 1 for i in range(300)]

@@ -161,11 +161,18 @@ def test_cli_diff_of_identical_models_exits_0(tmp_path: Path) -> None:
     assert (p.returncode, p.stdout) == (0, "0 transition(s) differ\n")
 
 
-def test_cli_diff_of_a_non_model_exits_65(tmp_path: Path) -> None:
+def test_cli_diff_of_a_non_model_exits_65_naming_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("[]")
     p = uidprobe("model", "--diff", str(bad), str(bad))
-    assert p.returncode == cli.EX_DATAERR and p.stderr.startswith("uidprobe: malformed model")
+    assert p.returncode == cli.EX_DATAERR and p.stderr.startswith(f"uidprobe: {bad}: malformed model")
+
+
+def test_cli_diff_of_a_missing_file_exits_66_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.json"
+    p = uidprobe("model", "--diff", str(missing), str(missing))
+    assert p.returncode == cli.EX_NOINPUT
+    assert p.stderr == f"uidprobe: cannot read {missing}: No such file or directory\n"
 
 
 @requires_tools

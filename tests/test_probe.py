@@ -233,16 +233,18 @@ def engine_without_res(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
 
 @requires_cc
 def test_engine_builds_and_reports_no_res_calls_when_they_are_hidden(engine_without_res: ModuleType) -> None:
-    from uidprobe import engine
+    from uidprobe.engine import Engine
 
-    f = engine.features(engine_without_res)
+    f = Engine(engine_without_res).built
     assert not (f.getresuid or f.setresuid or f.getresgid or f.setresgid)
 
 
 @requires_cc
 @requires_root
 def test_without_getresuid_saved_ids_are_inferred_and_verdicts_hold(engine_without_res: ModuleType) -> None:
-    results = suite.run(module=engine_without_res)
+    from uidprobe.engine import Engine
+
+    results = suite.run(engine=Engine(engine_without_res))
     assert results["HASSETRESUID"].verdict is False
     assert "setresuid() is not provided by this C library" in results["HASSETRESUID"].reason
     assert results["HASSETRESGID"].verdict is False
@@ -260,9 +262,10 @@ def test_without_getresuid_a_seteuid_that_moves_saved_is_still_caught(
     code = (
         "import importlib.util, json, sys\n"
         "from uidprobe import suite\n"
+        "from uidprobe.engine import Engine\n"
         f"spec = importlib.util.spec_from_file_location('_engine_nores', {engine_without_res.__file__!r})\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-        "r = suite.run(['USESETEUID'], module=m)['USESETEUID']\n"
+        "r = suite.run(['USESETEUID'], engine=Engine(m))['USESETEUID']\n"
         "print(json.dumps([r.verdict, r.reason]))\n"
     )
     proc = run_python(code, env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "seteuid-moves-saved"})

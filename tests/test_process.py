@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from uidprobe.process import IdMap, ProcessState, choose_ids, validate_ids
-from uidprobe.scenarios import IdSet
+from uidprobe.ids import Family, IdSet, validate_ids
+from uidprobe.process import IdMap, ProcessState, choose_ids
 
 FULL = IdMap("/proc/self/uid_map", ((0, 0, 4294967295),))
 
@@ -57,24 +57,24 @@ def test_bad_requested_ids_are_refused(ids: tuple[int, int, int], message: str) 
 
 
 def test_root_with_caps_can_switch() -> None:
-    assert state(0, True, True).cannot_switch("gid") is None
+    assert state(0, True, True).cannot_switch(Family.GID) is None
 
 
 def test_non_root_without_caps_is_told_so() -> None:
-    why = state(1000, False, False).cannot_switch("uid")
+    why = state(1000, False, False).cannot_switch(Family.UID)
     assert why == "this process cannot test: it is not root (euid 1000) and lacks CAP_SETUID; run it as root"
 
 
 def test_root_without_cap_setuid_is_distinguished_from_non_root() -> None:
-    why = state(0, False, True).cannot_switch("uid")
+    why = state(0, False, True).cannot_switch(Family.UID)
     assert why is not None and "runs as root but without CAP_SETUID" in why
 
 
 def test_uid_probes_do_not_need_cap_setgid() -> None:
     s = state(0, True, False)
-    assert s.cannot_switch("uid") is None
-    assert "CAP_SETGID" in (s.cannot_switch("gid") or "")
+    assert s.cannot_switch(Family.UID) is None
+    assert "CAP_SETGID" in (s.cannot_switch(Family.GID) or "")
 
 
 def test_non_root_with_both_caps_can_switch() -> None:
-    assert state(1000, True, True).cannot_switch("gid") is None
+    assert state(1000, True, True).cannot_switch(Family.GID) is None

@@ -21,7 +21,8 @@ import pytest
 
 from conftest import requires_other_user, requires_root, requires_tools, run_python
 from procinfo import open_fds, zombies_of_this_process
-from uidprobe import engine, suite
+from uidprobe import _engine, suite
+from uidprobe.engine import Engine, default_engine
 from uidprobe.names import OBSERVED
 
 pytestmark = requires_root
@@ -29,19 +30,18 @@ TRANSPORTS = ["spawn", "fork"]
 
 
 @pytest.fixture(params=TRANSPORTS)
-def via(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the suite through one transport: the runner, or forking the caller."""
-    mode: str = request.param
-    if mode == "fork":
-        monkeypatch.setattr(engine, "runner_path", lambda module=None: None)
-    return mode
+def eng(request: pytest.FixtureRequest) -> Engine:
+    """The engine through one transport: the runner, or forking the caller."""
+    if request.param == "fork":
+        return Engine(_engine, runner=None)
+    return default_engine()
 
 
-def all_true() -> bool:
-    return all(r.verdict is True for r in suite.run().values())
+def all_true(eng: Engine) -> bool:
+    return all(r.verdict is True for r in suite.run(engine=eng).values())
 
 
-def test_probes_are_right_while_8_python_threads_are_busy(via: str) -> None:
+def test_probes_are_right_while_8_python_threads_are_busy(eng: Engine) -> None:
     stop = threading.Event()
 
     def spin() -> None:
@@ -53,7 +53,7 @@ def test_probes_are_right_while_8_python_threads_are_busy(via: str) -> None:
     for t in threads:
         t.start()
     try:
-        results = [all_true() for _ in range(10)]
+        results = [all_true(eng) for _ in range(10)]
     finally:
         stop.set()
         for t in threads:
@@ -62,7 +62,7 @@ def test_probes_are_right_while_8_python_threads_are_busy(via: str) -> None:
 
 
 @pytest.mark.parametrize("disposition", ["ignored", "handler that reaps everything"])
-def test_probes_are_right_whatever_the_callers_sigchld_disposition(via: str, disposition: str) -> None:
+def test_probes_are_right_whatever_the_callers_sigchld_disposition(eng: Engine, disposition: str) -> None:
     def reap_all(signum: int, frame: object) -> None:
         try:
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
@@ -72,7 +72,7 @@ def test_probes_are_right_whatever_the_callers_sigchld_disposition(via: str, dis
 
     old = signal.signal(signal.SIGCHLD, signal.SIG_IGN if disposition == "ignored" else reap_all)
     try:
-        assert all(all_true() for _ in range(10))
+        assert all(all_true(eng) for _ in range(10))
     finally:
         signal.signal(signal.SIGCHLD, old)
     assert zombies_of_this_process() == []
@@ -83,12 +83,12 @@ def _memory_kib() -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmSize"].split()[0])
 
 
-def test_1000_probe_runs_leak_no_fd_no_zombie_and_no_memory(via: str) -> None:
+def test_1000_probe_runs_leak_no_fd_no_zombie_and_no_memory(eng: Engine) -> None:
     for _ in range(50):  # warm: caches, allocator pools, first-use imports
-        suite.run()
+        suite.run(engine=eng)
     fds, (rss, vms) = open_fds(), _memory_kib()
     for _ in range(1000):
-        suite.run()
+        suite.run(engine=eng)
     rss2, vms2 = _memory_kib()
     assert open_fds() == fds
     assert zombies_of_this_process() == []
@@ -103,10 +103,11 @@ def test_crashing_or_hanging_children_leave_the_caller_intact_and_no_zombie(
 ) -> None:
     code = (
         "import json, os\nfrom procinfo import identity, zombies_of_this_process\n"
-        "from uidprobe import engine, suite\n"
-        f"if {transport!r} == 'fork':\n    engine.runner_path = lambda module=None: None\n"
+        "from uidprobe import _engine, suite\n"
+        "from uidprobe.engine import Engine, default_engine\n"
+        f"eng = Engine(_engine, runner=None) if {transport!r} == 'fork' else default_engine()\n"
         "before = identity()\n"
-        "res = suite.run(timeout=0.2)\n"
+        "res = suite.run(timeout=0.2, engine=eng)\n"
         "print(json.dumps({'same': identity() == before, 'zombies': zombies_of_this_process(),\n"
         "                  'reasons': [r.reason for n, r in res.items() if r.verdict is not None and n != "
         "'POSIX_SAVED_IDS']}))\n"

@@ -6,11 +6,13 @@ import errno
 from collections.abc import Sequence
 
 from uidprobe.engine import Features, Outcome, Record
-from uidprobe.scenarios import IdSet, Plan, by_name, plan
+from uidprobe.ids import IdSet, IdTriple
+from uidprobe.plan import Plan, plan
+from uidprobe.probes import by_name
 from uidprobe.verdicts import evaluate
 
 IDS = IdSet(1, 2, 3)
-ALL = Features(True, True, True, True)
+ALL = Features(getresuid=True, setresuid=True, getresgid=True, setresgid=True)
 
 
 def usesetuid_plan() -> Plan:
@@ -22,14 +24,30 @@ def records(
     uids: Sequence[tuple[int, int, int | None]],
     rets: Sequence[int] | None = None,
     errnos: Sequence[int] | None = None,
+    kernel: Sequence[tuple[int, int, int | None]] | None = None,
 ) -> tuple[Record, ...]:
+    """Records of ``p``'s steps with these uids (and these kernel uids, by
+    default the same: no emulation)."""
     rets = rets or [0] * len(uids)
     errnos = errnos or [0] * len(uids)
-    return tuple(Record(s.step, ret, err, u, (0, 0, 0), ()) for s, u, ret, err in zip(p.steps, uids, rets, errnos))
+    kernel = kernel or uids
+    return tuple(
+        Record(
+            step=s.step,
+            ret=ret,
+            errno=err,
+            uids=IdTriple(*u),
+            gids=IdTriple(0, 0, 0),
+            groups=(),
+            kernel_uids=IdTriple(*k),
+            kernel_gids=IdTriple(0, 0, 0),
+        )
+        for s, u, ret, err, k in zip(p.steps, uids, rets, errnos, kernel)
+    )
 
 
 def outcome(recs: tuple[Record, ...], completed: bool = True, sig: int | None = None) -> Outcome:
-    return Outcome(recs, completed, False, None if sig else 0, sig, True)
+    return Outcome(records=recs, completed=completed, exit_code=None if sig else 0, signal=sig, status_known=True)
 
 
 GOOD: list[tuple[int, int, int | None]] = [(1, 0, 0), (1, 2, 0), (1, 0, 0), (1, 3, 0), (1, 0, 0)]
@@ -98,4 +116,23 @@ def test_trace_lines_say_what_should_be_and_what_is() -> None:
     assert r.trace[1].describe() == (
         "seteuid(2) [check, must succeed]: ok; "
         "uid should be real 1 / effective 2 / saved 0, is real 1 / effective 2 / saved 0"
+    )
+
+
+def test_a_c_library_that_disagrees_with_the_kernel_is_undetermined_naming_the_emulation() -> None:
+    p = usesetuid_plan()
+    kernel = [(0, 0, 0)] * len(GOOD)  # the C library claims every switch; the kernel saw none
+    r = evaluate(p, outcome(records(p, GOOD, kernel=kernel)))
+    assert r.verdict is None
+    assert r.reason == (
+        "cannot test here: after setresuid(1, 0, 0), the C library reports real uid 1 but the kernel "
+        "holds 0: an emulated root such as fakeroot"
+    )
+
+
+def test_a_child_that_could_not_be_started_is_undetermined_with_the_errno() -> None:
+    failed = Outcome(records=(), completed=False, error="fork failed: EAGAIN (Resource temporarily unavailable)")
+    r = evaluate(usesetuid_plan(), failed)
+    assert r.verdict is None and r.reason == (
+        "could not start a probe child: fork failed: EAGAIN (Resource temporarily unavailable)"
     )

@@ -9,6 +9,7 @@ exit codes, and scripts need the same):
     1   ``model --diff``: the models differ
     64  bad arguments or an unknown probe name (EX_USAGE)
     65  ``model --diff``: a file is not a model (EX_DATAERR)
+    66  ``model --diff``: a file cannot be read (EX_NOINPUT)
     73  a path could not be written, or was refused as unsafe (EX_CANTCREAT)
     77  ``configure`` without root (EX_NOPERM)
 """
@@ -33,6 +34,7 @@ EX_FALSE = 1
 EX_UNDETERMINED = 2
 EX_USAGE = 64
 EX_DATAERR = 65
+EX_NOINPUT = 66
 EX_CANTCREAT = 73
 EX_NOPERM = 77
 
@@ -298,10 +300,10 @@ def cmd_explain(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
-    from uidprobe import scenarios, suite
+    from uidprobe import probes, suite
 
-    for sc in scenarios.SCENARIOS:
-        out.write(f"{sc.name:<20}  {sc.meaning}\n")
+    for p in probes.PROBES:
+        out.write(f"{p.name:<20}  {p.meaning}\n")
     out.write(f"{suite.DECLARED:<20}  declared by sysconf(_SC_SAVED_IDS), not probed\n")
     return EX_OK
 
@@ -432,6 +434,7 @@ def _write_output(path: str | None, text: str, out: TextIO) -> int:
 
 def cmd_model(args: argparse.Namespace, out: TextIO) -> int:
     from uidprobe import model
+    from uidprobe.ids import Family
     from uidprobe.process import read_state
 
     if args.diff:
@@ -440,11 +443,14 @@ def cmd_model(args: argparse.Namespace, out: TextIO) -> int:
         except model.ModelError as e:
             sys.stderr.write(f"uidprobe: {e}\n")
             return EX_DATAERR
+        except OSError as e:
+            sys.stderr.write(f"uidprobe: cannot read {e.filename}: {e.strerror}\n")
+            return EX_NOINPUT
         lines = model.diff(a, b)
         out.write("".join(line + "\n" for line in lines))
         out.write(f"{len(lines)} transition(s) differ\n")
         return EX_FALSE if lines else EX_OK
-    family = "gid" if args.gid else "uid"
+    family = Family.GID if args.gid else Family.UID
     why = read_state().cannot_switch(family)
     if why:
         sys.stderr.write(f"uidprobe: the model needs root to establish each state; {why}\n")

@@ -51,9 +51,12 @@ import errno as errno_mod
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Callable, Optional
 
-from uidprobe import engine
-from uidprobe.engine import Caps, Creds, Expect, Op, Step, SwitchPlan, SwitchResult, SwitchStatus
+from uidprobe.creds import Caps, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
+from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, default_engine
+from uidprobe.errors import InvalidTargetError, NoMechanismError, PrivilegeError, VerificationError
+from uidprobe.ids import MAX_ID, IdTriple
 
 __all__ = [
     "Identity",
@@ -68,34 +71,13 @@ __all__ = [
     "current_identity",
 ]
 
-MAX_ID = 0xFFFFFFFE
-
-
-class PrivilegeError(Exception):
-    """Base class: an identity change was refused or went wrong."""
-
-
-class InvalidTargetError(PrivilegeError, ValueError):
-    """A target id or group list is unusable; nothing was changed."""
-
-
-class NoMechanismError(PrivilegeError):
-    """No mechanism can switch and come back here; nothing was changed."""
-
-
-class VerificationError(PrivilegeError):
-    """A call failed, or the ids read back after it are not what they must be."""
-
-
-Triple = tuple[int, int, int]
-
 
 @dataclass(frozen=True)
 class Identity:
     """Every credential a switch must get right, as read back from the kernel."""
 
-    uids: Triple
-    gids: Triple
+    uids: IdTriple
+    gids: IdTriple
     groups: tuple[int, ...]  # sorted, without duplicates
     fsuid: int | None  # None where the platform has no filesystem ids to read
     fsgid: int | None
@@ -103,20 +85,18 @@ class Identity:
 
 def _identity(c: Creds) -> Identity:
     if c.groups is None:
-        raise PrivilegeError(
-            f"this process has more supplementary groups than uidprobe verifies ({engine.MAX_SWITCH_GROUPS})"
-        )
+        raise PrivilegeError(f"this process has more supplementary groups than uidprobe verifies ({MAX_SWITCH_GROUPS})")
     return Identity(uids=c.uids, gids=c.gids, groups=c.groups, fsuid=c.fsuid, fsgid=c.fsgid)
 
 
-def current_identity() -> Identity:
+def current_identity(engine: Engine | None = None) -> Identity:
     """The calling thread's credentials, read back from the kernel now."""
-    return _identity(engine.read_creds())
+    return _identity(read_creds(engine=engine))
 
 
-def current_caps() -> Caps | None:
+def current_caps(engine: Engine | None = None) -> Caps | None:
     """The calling thread's capability state (None off Linux)."""
-    return engine.read_creds(caps=True).caps
+    return read_creds(caps=True, engine=engine).caps
 
 
 @dataclass(frozen=True)
@@ -160,11 +140,11 @@ def _check_id(value: object, what: str) -> int:
 
 def _check_groups(groups: Iterable[int]) -> tuple[int, ...]:
     listed = tuple(_check_id(g, "supplementary group") for g in groups)
-    limit = min(os.sysconf("SC_NGROUPS_MAX"), engine.MAX_SWITCH_GROUPS)
+    limit = min(os.sysconf("SC_NGROUPS_MAX"), MAX_SWITCH_GROUPS)
     if len(listed) > limit:
         raise InvalidTargetError(
             f"{len(listed)} supplementary groups exceed the limit of {limit} "
-            f"(NGROUPS_MAX, or the {engine.MAX_SWITCH_GROUPS} that uidprobe verifies)"
+            f"(NGROUPS_MAX, or the {MAX_SWITCH_GROUPS} that uidprobe verifies)"
         )
     return listed
 
@@ -176,7 +156,7 @@ def _check_groups(groups: Iterable[int]) -> tuple[int, ...]:
 # A triple entry of None is not checked (the saved id after setreuid depends
 # on the old real id in ways the final step pins down anyway).
 
-_Opt = tuple[int | None, int | None, int | None]
+_Opt = tuple[Optional[int], Optional[int], Optional[int]]
 _Moves = list[tuple[Step, _Opt]]
 
 
@@ -189,50 +169,61 @@ def _setre_saved(real: int, new_real: int, new_eff: int, old_saved: int) -> int:
     return old_saved
 
 
-def _temporary(call: str, now: Triple, target: int) -> _Moves:
-    """Effective id ``target``, keeping a way back to ``now``'s privilege."""
-    r, _, s = now
-    if call in ("setresuid", "setresgid"):
-        return [(Step(_OPS[call], (-1, target, -1)), (r, target, s))]
-    if call == "setreuid":
-        # Real 0 is what lets setreuid(-1, 0) come back (sendmail's t_setreuid).
-        return [(Step(Op.SETREUID, (0, target)), (0, target, target))]
-    if call == "setregid":
-        return [(Step(Op.SETREGID, (-1, target)), (r, target, _setre_saved(r, -1, target, s)))]
-    if call == "seteuid" and 0 not in (r, s):
+@dataclass(frozen=True)
+class _Calls:
+    """How one mechanism moves the ids of its family."""
+
+    #: effective id ``target`` from ``now``, keeping a way back to its privilege
+    temporary: Callable[[IdTriple, int], _Moves]
+    #: from a temporary switch back to ``start``
+    back: Callable[[IdTriple], _Moves]
+    #: real, effective and saved ``target`` for good
+    permanent: Callable[[int], _Moves]
+
+
+def _res(op: Op) -> _Calls:
+    return _Calls(
+        temporary=lambda now, t: [(Step(op, (-1, t, -1)), (now[0], t, now[2]))],
+        back=lambda start: [(Step(op, start.ints()), start)],
+        permanent=lambda t: [(Step(op, (t, t, t)), (t, t, t))],
+    )
+
+
+def _seteuid_temporary(now: IdTriple, t: int) -> _Moves:
+    if 0 not in (now[0], now[2]):
         raise NoMechanismError("seteuid cannot come back: neither the real nor the saved uid is 0")
-    return [(Step(_OPS[call], (target,)), (r, target, s))]
+    return [(Step(Op.SETEUID, (t,)), (now[0], t, now[2]))]
 
 
-def _back(call: str, start: Triple) -> _Moves:
-    """From a temporary switch made with ``call`` back to ``start``."""
-    r, e, _ = start
-    if call in ("setresuid", "setresgid"):
-        return [(Step(_OPS[call], start), start)]
-    if call == "setreuid":
-        return [(Step(Op.SETREUID, (-1, 0)), (None, 0, None)), (Step(Op.SETREUID, (r, e)), start)]
-    if call == "setregid":
-        return [(Step(Op.SETREGID, (r, e)), start)]
-    return [(Step(_OPS[call], (e,)), start)]
-
-
-def _permanent(call: str, target: int) -> _Moves:
-    """Real, effective and saved ``target`` for good."""
-    every = (target, target, target)
-    if call in ("setresuid", "setresgid"):
-        return [(Step(_OPS[call], every), every)]
-    if call in ("setreuid", "setregid"):
-        return [(Step(_OPS[call], (target, target)), every)]
-    return [(Step(Op.SETUID if call == "seteuid" else Op.SETGID, (target,)), every)]
-
-
-_OPS = {
-    "setresuid": Op.SETRESUID,
-    "setresgid": Op.SETRESGID,
-    "setreuid": Op.SETREUID,
-    "setregid": Op.SETREGID,
-    "seteuid": Op.SETEUID,
-    "setegid": Op.SETEGID,
+_MECHANISMS: dict[str, _Calls] = {
+    "setresuid": _res(Op.SETRESUID),
+    "setresgid": _res(Op.SETRESGID),
+    # Real 0 is what lets setreuid(-1, 0) come back (sendmail's t_setreuid).
+    "setreuid": _Calls(
+        temporary=lambda now, t: [(Step(Op.SETREUID, (0, t)), (0, t, t))],
+        back=lambda start: [
+            (Step(Op.SETREUID, (-1, 0)), (None, 0, None)),
+            (Step(Op.SETREUID, (start[0], start[1])), start),
+        ],
+        permanent=lambda t: [(Step(Op.SETREUID, (t, t)), (t, t, t))],
+    ),
+    "setregid": _Calls(
+        temporary=lambda now, t: [
+            (Step(Op.SETREGID, (-1, t)), (now[0], t, _setre_saved(now[0], -1, t, now.ints()[2])))
+        ],
+        back=lambda start: [(Step(Op.SETREGID, (start[0], start[1])), start)],
+        permanent=lambda t: [(Step(Op.SETREGID, (t, t)), (t, t, t))],
+    ),
+    "seteuid": _Calls(
+        temporary=_seteuid_temporary,
+        back=lambda start: [(Step(Op.SETEUID, (start[1],)), start)],
+        permanent=lambda t: [(Step(Op.SETUID, (t,)), (t, t, t))],
+    ),
+    "setegid": _Calls(
+        temporary=lambda now, t: [(Step(Op.SETEGID, (t,)), (now[0], t, now[2]))],
+        back=lambda start: [(Step(Op.SETEGID, (start[1],)), start)],
+        permanent=lambda t: [(Step(Op.SETGID, (t,)), (t, t, t))],
+    ),
 }
 
 
@@ -284,9 +275,9 @@ def _plan_back(mech: Mechanism, start: Identity) -> list[tuple[Step, Expect]]:
     can simply be run again).
     """
     steps: list[tuple[Step, Expect]] = []
-    for step, triple in _back(mech.uid, start.uids):
+    for step, triple in _MECHANISMS[mech.uid].back(start.uids):
         steps.append((step, Expect(uids=triple, fsuid=None if start.fsuid is None else triple[1])))
-    for step, triple in _back(mech.gid, start.gids):
+    for step, triple in _MECHANISMS[mech.gid].back(start.gids):
         steps.append((step, Expect(gids=triple, fsgid=None if start.fsgid is None else triple[1])))
     whole = Expect(uids=start.uids, gids=start.gids, fsuid=start.fsuid, fsgid=start.fsgid, groups=start.groups)
     steps.append((Step(Op.SETGROUPS, start.groups), whole))
@@ -333,17 +324,26 @@ class Switcher:
     """Temporary and permanent identity switches for a root process.
 
     ``values`` are the config values to choose the mechanism from (default:
-    ``uidprobe.config``).  One switch at a time: ``become`` then ``restore``.
+    ``uidprobe.config``); ``engine`` the C engine (default: the installed
+    one, loaded on first use).  One switch at a time: ``become`` then
+    ``restore``.
     """
 
-    def __init__(self, values: Mapping[str, int | str | None] | None = None) -> None:
+    def __init__(self, values: Mapping[str, int | str | None] | None = None, *, engine: Engine | None = None) -> None:
         if values is None:
             from uidprobe import config
 
             values = config.VARS
         self.values = dict(values)
         self.mechanism = choose_mechanism(self.values)
+        self._engine = engine
         self._active: _Switch | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = default_engine()
+        return self._engine
 
     @property
     def switched(self) -> bool:
@@ -358,18 +358,18 @@ class Switcher:
         wanted = _check_groups(groups)
         if self._active is not None:
             raise PrivilegeError("already switched: restore() before switching again")
-        start = current_identity()
+        start = current_identity(self.engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"becoming another user needs effective uid 0, not {start.uids[1]}")
         m = self.mechanism
         t = _Tracker(start)
         t.groups_to(wanted)
-        t.gid(_temporary(m.gid, start.gids, gid))
-        t.uid(_temporary(m.uid, start.uids, uid))
+        t.gid(_MECHANISMS[m.gid].temporary(start.gids, gid))
+        t.uid(_MECHANISMS[m.uid].temporary(start.uids, uid))
         back = _plan_back(m, start)
         undo = [step for step, _ in back]
         # Coming back has nowhere better to retreat to than where it is: no undo.
-        return _Switch(start, SwitchPlan(t.steps, undo), SwitchPlan(back, []))
+        return _Switch(start, SwitchPlan(t.steps, undo, self.engine), SwitchPlan(back, [], self.engine))
 
     def plan(self, uid: int, gid: int, groups: Iterable[int] = ()) -> tuple[list[Step], list[Step]]:
         """The calls ``become(uid, gid, groups)`` would make, and those of the
@@ -468,18 +468,19 @@ class Switcher:
             raise InvalidTargetError("dropping privileges to uid 0 drops nothing")
         # Everything the regain check needs is loaded now: after the drop the
         # process may no longer be able to read its own installation.
-        attempts = _regain_attempts(gid)
+        engine = self.engine
+        attempts = _regain_attempts(engine, gid)
         if self._active is not None:
             self.restore()
-        start = current_identity()
+        start = current_identity(engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"dropping privileges needs effective uid 0, not {start.uids[1]}")
         m = self.mechanism
         t = _Tracker(start)
         t.groups_to(wanted)
-        t.gid(_permanent(m.gid, gid))
-        t.uid(_permanent(m.uid, uid))
-        result = SwitchPlan(t.steps, _undo_drop(m, start)).run()
+        t.gid(_MECHANISMS[m.gid].permanent(gid))
+        t.uid(_MECHANISMS[m.uid].permanent(uid))
+        result = SwitchPlan(t.steps, _undo_drop(engine, m, start), engine).run()
         if result.status is not SwitchStatus.OK:
             where = (
                 "the starting identity was restored"
@@ -487,11 +488,11 @@ class Switcher:
                 else f"holding {_held(result.now)}"
             )
             raise VerificationError(f"{_describe_failure(result)} (dropping with {m.uid}/{m.gid}); {where}")
-        _check_no_capabilities()
-        _check_cannot_regain(attempts)
+        _check_no_capabilities(engine)
+        _check_cannot_regain(engine, attempts)
 
 
-def _undo_drop(mech: Mechanism, start: Identity) -> list[Step]:
+def _undo_drop(engine: Engine, mech: Mechanism, start: Identity) -> list[Step]:
     """Best-effort steps back to ``start`` after a permanent drop failed to
     verify (while the saved id is still 0, that is still possible).
 
@@ -500,21 +501,21 @@ def _undo_drop(mech: Mechanism, start: Identity) -> list[Step]:
     each undo step's failure is ignored and the C side then compares the
     result with the starting identity.
     """
-    feats = engine.features()
-    steps = [Step(Op.SETRESUID, start.uids)] if feats.setresuid else []
-    steps += [step for step, _ in _back(mech.uid, start.uids)]
-    steps += [Step(Op.SETRESGID, start.gids)] if feats.setresgid else []
-    steps += [step for step, _ in _back(mech.gid, start.gids)]
+    feats = engine.built
+    steps = [Step(Op.SETRESUID, start.uids.ints())] if feats.setresuid else []
+    steps += [step for step, _ in _MECHANISMS[mech.uid].back(start.uids)]
+    steps += [Step(Op.SETRESGID, start.gids.ints())] if feats.setresgid else []
+    steps += [step for step, _ in _MECHANISMS[mech.gid].back(start.gids)]
     return [*steps, Step(Op.SETGROUPS, start.groups)]
 
 
-def _check_no_capabilities() -> None:
+def _check_no_capabilities(engine: Engine) -> None:
     """After a full drop the kernel clears the permitted, effective and
     ambient sets, unless keepcaps or a securebit says otherwise.  Whatever
     is left (the inheritable set always is) is cleared now; if privilege
     was left, the drop raises: whatever set keepcaps or the securebit
     expected the process to keep it."""
-    before = engine.read_creds(caps=True).caps
+    before = read_creds(caps=True, engine=engine).caps
     if before is None:
         return  # no capabilities on this platform
     clear = SwitchPlan(
@@ -524,15 +525,16 @@ def _check_no_capabilities() -> None:
             (Step(Op.CAPS_CLEAR, ()), Expect()),
         ],
         [],
+        engine,
     ).run()
-    after = engine.read_creds(caps=True).caps
-    cleared = clear.status is SwitchStatus.OK and after is not None and not _holds_privilege(after)
+    after = read_creds(caps=True, engine=engine).caps
+    cleared = clear.status is SwitchStatus.OK and after is not None and not after.holds_privilege
     if not cleared:
         raise VerificationError(
             f"after the permanent drop the process still holds capabilities "
             f"({(after or before).describe()}) and they could not be cleared; exit now"
         )
-    if _holds_privilege(before):
+    if before.holds_privilege:
         raise VerificationError(
             f"after the permanent drop the process still held capabilities ({before.describe()}; "
             "PR_SET_KEEPCAPS or a securebit kept them): they have been cleared now, but whatever set "
@@ -540,12 +542,8 @@ def _check_no_capabilities() -> None:
         )
 
 
-def _holds_privilege(caps: Caps) -> bool:
-    return bool(caps.effective or caps.permitted or caps.ambient or caps.keepcaps)
-
-
-def _regain_attempts(gid: int) -> list[Step]:
-    """Every way back to root, as engine steps (loads the engine now)."""
+def _regain_attempts(engine: Engine, gid: int) -> list[Step]:
+    """Every way back to root, as engine steps."""
     attempts = [
         Step(Op.CAPS_RAISE, ()),  # what kept permitted capabilities would allow
         Step(Op.SETUID, (0,)),
@@ -553,18 +551,18 @@ def _regain_attempts(gid: int) -> list[Step]:
         Step(Op.SETREUID, (-1, 0)),
         Step(Op.SETREUID, (0, -1)),
     ]
-    if engine.features().setresuid:
+    if engine.built.setresuid:
         attempts.append(Step(Op.SETRESUID, (0, 0, 0)))
     if gid != 0:
         attempts += [Step(Op.SETGID, (0,)), Step(Op.SETEGID, (0,))]
     return attempts
 
 
-def _check_cannot_regain(attempts: list[Step]) -> None:
+def _check_cannot_regain(engine: Engine, attempts: list[Step]) -> None:
     """Try every way back to root in a forked child (C only); any success is fatal."""
     # Fork, not the spawned runner: the question is whether *this* process
     # image (its C library, its preloads) can get root back.
-    out = engine.run(attempts, via="fork")
+    out = engine.run(attempts, via=Transport.FORK)
     if not out.completed:
         raise VerificationError(f"could not check that root cannot be regained: {out.describe_end()}")
     for r in out.records:

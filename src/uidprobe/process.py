@@ -12,12 +12,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from uidprobe.scenarios import IdSet
+from uidprobe.ids import DEFAULT_IDS, MAX_ID, Family, IdSet, validate_ids
 
 __all__ = [
     "CAP_SETGID",
     "CAP_SETUID",
-    "DEFAULT_IDS",
     "IdMap",
     "ProcessState",
     "choose_ids",
@@ -26,10 +25,6 @@ __all__ = [
 
 CAP_SETGID = 6
 CAP_SETUID = 7
-#: Preferred U, A, B (sendmail's test programs used 1 and 2).  In a user
-#: namespace where they are not mapped, other mapped ids are chosen.
-DEFAULT_IDS = (1, 2, 3)
-MAX_ID = 0xFFFFFFFE  # (uid_t)-1 means "unchanged" and is never an id
 
 
 @dataclass(frozen=True)
@@ -45,10 +40,6 @@ class IdMap:
     def describe(self) -> str:
         body = "; ".join(f"{a} {b} {c}" for a, b, c in self.ranges) or "empty"
         return f"{self.path} ({body})"
-
-    @property
-    def is_full(self) -> bool:
-        return self.ranges == ((0, 0, 4294967295),)
 
 
 @dataclass(frozen=True)
@@ -66,12 +57,15 @@ class ProcessState:
     #: why the C library's ids cannot be believed (an emulated root), or None
     emulation: str | None = None
 
-    def cannot_switch(self, family: str) -> str | None:
-        """Why this process cannot establish the start state, or None."""
+    def cannot_switch(self, family: Family) -> str | None:
+        """Why this process cannot establish a probe's start state, or None.
+
+        Every probe starts as root (CAP_SETUID); gid probes need CAP_SETGID too.
+        """
         if self.emulation:
             return f"this process cannot test: {self.emulation}"
         need = [("CAP_SETUID", self.cap_setuid)]
-        if family != "uid":
+        if Family(family) is not Family.UID:
             need.append(("CAP_SETGID", self.cap_setgid))
         missing = [name for name, have in need if not have]
         if not missing:
@@ -165,20 +159,6 @@ def read_state(proc: str = "/proc/self") -> ProcessState:
         overflow_ids=_overflow_ids(),
         emulation=_emulation(status),
     )
-
-
-def validate_ids(ids: tuple[int, ...], kind: str, names: tuple[str, ...] = ("U", "A", "B")) -> None:
-    """Reject ids that cannot mean distinct ordinary users, one per name."""
-    count = {2: "two", 3: "three"}.get(len(names), str(len(names)))
-    if len(ids) != len(names):
-        raise ValueError(f"{kind}s: need exactly {count} ids ({', '.join(names)}), got {len(ids)}")
-    for i in ids:
-        if isinstance(i, bool) or not isinstance(i, int):
-            raise TypeError(f"{kind}s: ids must be integers, got {i!r}")
-        if not 1 <= i <= MAX_ID:
-            raise ValueError(f"{kind}s: {i} is not a usable id (must be 1..{MAX_ID}; 0 is root)")
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"{kind}s: the {count} ids must differ, got {ids}")
 
 
 def choose_ids(

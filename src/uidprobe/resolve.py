@@ -49,9 +49,10 @@ class Snapshot:
 
 def _privileged() -> str | None:
     """None when this process can probe, else why not (no fork, no C)."""
+    from uidprobe.ids import Family
     from uidprobe.process import read_state
 
-    return read_state().cannot_switch("uid")
+    return read_state().cannot_switch(Family.UID)
 
 
 def resolve(path: str | None = None, live: bool = True) -> Snapshot:

@@ -1,27 +1,29 @@
-"""Running the probes: preconditions, plans, one child per scenario, verdicts.
+"""Running the probes: the one path every probe takes.
 
-Data flows one way: scenario (data) -> plan (concrete ids) -> engine (fork,
-run, trace) -> verdict.  Nothing here changes the calling process's ids: the
-only set*id calls are made by the engine's children.
+    names -> preconditions (process) -> plans (plan) -> engine (fork, run,
+    trace) -> verdicts
+
+Nothing here changes the calling process's ids: the only set*id calls are
+made by the engine's children.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import os
 from collections.abc import Sequence
-from typing import Any
 
-from uidprobe import engine, scenarios, verdicts
+from uidprobe import probes, verdicts
+from uidprobe.engine import DEFAULT_TIMEOUT, Engine, Features, default_engine
+from uidprobe.ids import Family, IdSet
 from uidprobe.names import DECLARED
+from uidprobe.plan import Plan, plan
+from uidprobe.probes import Probe
 from uidprobe.process import ProcessState, choose_ids, read_state
-from uidprobe.scenarios import IdSet, Plan, Scenario
-from uidprobe.verdicts import Result
+from uidprobe.verdicts import Kind, Result
 
 __all__ = ["DECLARED", "NAMES", "run"]
 
-NAMES: tuple[str, ...] = (*(s.name for s in scenarios.SCENARIOS), DECLARED)
+NAMES: tuple[str, ...] = (*(p.name for p in probes.PROBES), DECLARED)
 
 _NEEDS_TEXT = (
     "{call}() is not provided by this C library (missing when uidprobe's engine was built, "
@@ -35,84 +37,84 @@ def declared_saved_ids() -> Result:
     try:
         value = os.sysconf("SC_SAVED_IDS")
     except (ValueError, OSError):
-        return Result(DECLARED, None, "sysconf(_SC_SAVED_IDS) is not available here", (), meaning, "declared")
-    verdict = value > 0 if value != -1 else None
-    reason = f"declared by sysconf(_SC_SAVED_IDS) = {value}; compare with USESETEUID, which is observed"
-    return Result(DECLARED, verdict, reason, (), meaning, "declared")
-
-
-_FEATURES: dict[tuple[int, int | None, int | None], engine.Features] = {}
-
-
-def runtime_features(
-    timeout: float, module: Any = None, uid: int | None = None, gid: int | None = None
-) -> engine.Features:
-    """The optional calls that exist at build time *and* work at run time.
-
-    A C library may export setresuid as a stub that fails with ENOSYS (glibc
-    does so where the kernel lacks the call), and a sandbox may refuse it the
-    same way: ``setresuid(-1, -1, -1)`` changes nothing and is allowed to
-    anyone, so it answers that.  A call may also report success and change
-    nothing: with ``uid``/``gid`` (ordinary ids a privileged caller can
-    switch to), the child also sets real ``uid``/``gid`` and reads them
-    back, and a call that lies is not used to set up the probes.  One child
-    answers all of it; the answer is kept for the life of the process.
-    """
-    key = (id(module), uid, gid)
-    if key not in _FEATURES:
-        _FEATURES[key] = _measure_features(timeout, module, uid, gid)
-    return _FEATURES[key]
-
-
-def _measure_features(timeout: float, module: Any, uid: int | None, gid: int | None) -> engine.Features:
-    built = engine.features(module)
-    if not (built.setresuid or built.setresgid):
-        return built
-    op, step = engine.Op, engine.Step
-    steps = [step(op.SETRESUID, (-1, -1, -1)), step(op.SETRESGID, (-1, -1, -1))]
-    if gid is not None and built.setresgid:
-        steps.append(step(op.SETRESGID, (gid, 0, 0)))
-    if uid is not None and built.setresuid:
-        steps.append(step(op.SETRESUID, (uid, 0, 0)))
-    out = engine.run(steps, timeout, module)
-    if not out.completed:  # cannot tell (no child, crash): keep what the build found
-        return built
-    by_op: dict[engine.Op, list[engine.Record]] = {}
-    for r in out.records:
-        by_op.setdefault(r.step.op, []).append(r)
-
-    def exists(which: engine.Op) -> bool:
-        return by_op[which][0].errno != errno.ENOSYS
-
-    def truthful(which: engine.Op, target: int | None) -> bool:
-        """False when setting real ``target`` reported success but did not happen."""
-        recs = by_op[which]
-        if target is None or len(recs) < 2 or not recs[1].ok:
-            return True
-        ids = recs[1].uids if which is engine.Op.SETRESUID else recs[1].gids
-        return ids[0] == target and ids[1] == 0
-
-    return dataclasses.replace(
-        built,
-        setresuid=built.setresuid and exists(op.SETRESUID),
-        setresgid=built.setresgid and exists(op.SETRESGID),
-        setresuid_works=truthful(op.SETRESUID, uid),
-        setresgid_works=truthful(op.SETRESGID, gid),
+        return Result(
+            name=DECLARED,
+            verdict=None,
+            reason="sysconf(_SC_SAVED_IDS) is not available here",
+            meaning=meaning,
+            kind=Kind.DECLARED,
+        )
+    return Result(
+        name=DECLARED,
+        verdict=value > 0 if value != -1 else None,
+        reason=f"declared by sysconf(_SC_SAVED_IDS) = {value}; compare with USESETEUID, which is observed",
+        meaning=meaning,
+        kind=Kind.DECLARED,
     )
 
 
-def _precondition(sc: Scenario, state: ProcessState, uids: IdSet | str, gids: IdSet | str) -> str | None:
-    """Why ``sc`` cannot run in this process, or None."""
-    why = state.cannot_switch(sc.family)
+def _precondition(p: Probe, state: ProcessState, uids: IdSet | str, gids: IdSet | str) -> str | None:
+    """Why ``p`` cannot run in this process, or None."""
+    why = state.cannot_switch(p.family)
     if why:
         return why
     if isinstance(uids, str):
         return f"this process cannot test: {uids}"
-    if sc.family != "uid" and isinstance(gids, str):
+    if p.family is not Family.UID and isinstance(gids, str):
         return f"this process cannot test: {gids}"
-    if sc.needs_groups and not state.setgroups_allowed:
+    if p.needs_groups and not state.setgroups_allowed:
         return "this process cannot test: setgroups is denied here (/proc/self/setgroups says deny)"
     return None
+
+
+def _plan_all(runnable: Sequence[Probe], uids: IdSet, gids: IdSet, feats: Features) -> dict[str, Plan | Result]:
+    """A plan per probe, or its verdict where a call it needs is missing."""
+    out: dict[str, Plan | Result] = {}
+    for p in runnable:
+        missing = [op for op in p.needs if not feats.has(op)]
+        if missing:
+            out[p.name] = verdicts.not_run(p.name, p.meaning, False, _NEEDS_TEXT.format(call=missing[0].call))
+        else:
+            out[p.name] = plan(p, uids, gids, feats)
+    return out
+
+
+def _probe(
+    engine: Engine, runnable: Sequence[Probe], uids: IdSet, gids: IdSet | None, timeout: float
+) -> dict[str, Result]:
+    """Run ``runnable`` in one batch of children and judge each trace.
+
+    Which optional calls work here is learned by one more child in the same
+    batch (the first time); the plans assume what the build found, and only
+    where the child shows otherwise are the affected probes planned again
+    and run in a second batch.
+    """
+    g = gids or uids  # uid probes use no gids
+    gid_for_check = gids.user if gids is not None else None
+    assumed = engine.learned_features(uids.user, gid_for_check)
+    check = None
+    if assumed is None:
+        assumed = engine.built
+        check = engine.feature_check(uids.user, gid_for_check)
+    planned = _plan_all(runnable, uids, g, assumed)
+    plans = [x for x in planned.values() if isinstance(x, Plan)]
+    batch = [p.engine_steps for p in plans] + ([check] if check else [])
+    outcomes = engine.run_batch(batch, timeout)
+    judged: dict[str, Result] = {p.probe.name: verdicts.evaluate(p, o) for p, o in zip(plans, outcomes)}
+    if check is not None:
+        learned = engine.learn_features(uids.user, gid_for_check, outcomes[-1])
+        if learned != assumed:
+            replanned = _plan_all(runnable, uids, g, learned)
+            changed = [
+                x
+                for name, x in replanned.items()
+                if not isinstance(x, Plan) or not isinstance(planned[name], Plan) or x != planned[name]
+            ]
+            again = [x for x in changed if isinstance(x, Plan)]
+            for p, o in zip(again, engine.run_batch([p.engine_steps for p in again], timeout)):
+                judged[p.probe.name] = verdicts.evaluate(p, o)
+            planned.update(replanned)
+    return {name: judged[name] if isinstance(x, Plan) else x for name, x in planned.items()}
 
 
 def run(
@@ -120,52 +122,33 @@ def run(
     *,
     uids: tuple[int, int, int] | None = None,
     gids: tuple[int, int, int] | None = None,
-    timeout: float = engine.DEFAULT_TIMEOUT,
-    module: Any = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    engine: Engine | None = None,
 ) -> dict[str, Result]:
     """Verdicts for ``names`` (all when None), in the order of NAMES.
 
     ``uids``/``gids`` are (U, A, B) to use instead of the defaults;
-    ``module`` is another build of the engine (tests use one built without
-    getresuid).
+    ``engine`` another Engine (tests use one built without getresuid).
+    ValueError for an unknown name or unusable ids.
     """
     wanted = list(NAMES) if names is None else list(dict.fromkeys(names))
-    for n in wanted:
-        if n != DECLARED:
-            scenarios.by_name(n)  # ValueError naming the known probes
+    selected = [probes.by_name(n) for n in wanted if n != DECLARED]  # ValueError naming the known ones
     state = read_state()
     uid_set = choose_ids(state.uid_map, "uid", uids, state.overflow_ids)
     gid_set = choose_ids(state.gid_map, "gid", gids, state.overflow_ids)
 
     results: dict[str, Result] = {}
-    plans: list[Plan] = []
-    feats: engine.Features | None = None
-    for name in wanted:
-        if name == DECLARED:
-            continue
-        sc = scenarios.by_name(name)
-        why = _precondition(sc, state, uid_set, gid_set)
+    runnable = []
+    for p in selected:
+        why = _precondition(p, state, uid_set, gid_set)
         if why:
-            results[name] = verdicts.not_run(name, sc.meaning, None, why)
-            continue
-        feats = feats or runtime_features(
-            timeout,
-            module,
-            uid_set.user if isinstance(uid_set, IdSet) else None,
-            gid_set.user if isinstance(gid_set, IdSet) else None,
-        )
-        missing = [n for n in sc.needs if not getattr(feats, n)]
-        if missing:
-            results[name] = verdicts.not_run(name, sc.meaning, False, _NEEDS_TEXT.format(call=missing[0]))
-            continue
-        assert isinstance(uid_set, IdSet)
-        g = gid_set if isinstance(gid_set, IdSet) else uid_set  # uid probes do not use gids
-        plans.append(scenarios.plan(sc, uid_set, g, feats))
-
-    if plans:
-        outcomes = engine.run_batch([p.engine_steps for p in plans], timeout, module)
-        for p, o in zip(plans, outcomes):
-            results[p.scenario.name] = verdicts.evaluate(p, o)
+            results[p.name] = verdicts.not_run(p.name, p.meaning, None, why)
+        else:
+            runnable.append(p)
+    if runnable:
+        assert isinstance(uid_set, IdSet)  # _precondition refused every probe otherwise
+        gid_ids = gid_set if isinstance(gid_set, IdSet) else None
+        results.update(_probe(engine or default_engine(), runnable, uid_set, gid_ids, timeout))
     if DECLARED in wanted:
         results[DECLARED] = declared_saved_ids()
     return {n: results[n] for n in wanted}

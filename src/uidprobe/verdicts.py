@@ -10,16 +10,23 @@ that crashed or hung.  "Broken" and "could not test" are never confused.
 
 from __future__ import annotations
 
+import enum
 import errno
 from dataclasses import dataclass
-from typing import Optional
 
 from uidprobe.engine import Outcome, Record, Step
-from uidprobe.scenarios import Plan, PlannedStep, Role
+from uidprobe.ids import IdPattern, IdTriple
+from uidprobe.plan import Plan, PlannedStep
+from uidprobe.probes import Role
 
-__all__ = ["Result", "TraceLine", "evaluate", "not_run"]
+__all__ = ["Kind", "Result", "TraceLine", "evaluate", "not_run"]
 
-Expected = Optional[tuple[Optional[int], Optional[int], Optional[int]]]
+
+class Kind(str, enum.Enum):
+    """Where a verdict comes from."""
+
+    OBSERVED = "observed"  # a child made the calls and read the ids back
+    DECLARED = "declared"  # what sysconf says, not a test
 
 
 @dataclass(frozen=True)
@@ -27,10 +34,10 @@ class TraceLine:
     """One call of a probe: what was required and what the child saw."""
 
     step: Step
-    role: str
+    role: Role
     expect_ok: bool
-    expect_uids: Expected
-    expect_gids: Expected
+    expect_uids: IdPattern | None
+    expect_gids: IdPattern | None
     expect_groups: tuple[int, ...] | None
     record: Record | None  # None: the child never reported this step
     mismatch: str | None  # why the observation broke the requirement
@@ -53,7 +60,7 @@ class TraceLine:
         result = "not reached" if self.record is None else self.record.describe_result()
         want = "must succeed" if self.expect_ok else "must fail"
         verdict = f"  <-- {self.mismatch}" if self.mismatch else ""
-        return f"{self.step} [{self.role}, {want}]: {result}; " + "; ".join(parts) + verdict
+        return f"{self.step} [{self.role.value}, {want}]: {result}; " + "; ".join(parts) + verdict
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class Result:
     reason: str
     trace: tuple[TraceLine, ...] = ()
     meaning: str = ""
-    kind: str = "observed"  # or "declared" (what sysconf says, not a test)
+    kind: Kind = Kind.OBSERVED
 
     @property
     def value(self) -> int:
@@ -81,12 +88,12 @@ class Result:
         return {True: "yes", False: "no", None: "undetermined"}[self.verdict]
 
 
-def _fmt(t: tuple[int | None, int | None, int | None], unknown: str = "?") -> str:
+def _fmt(t: IdPattern | IdTriple, unknown: str = "?") -> str:
     names = ("real", "effective", "saved")
     return " / ".join(f"{n} {unknown if v is None else v}" for n, v in zip(names, t))
 
 
-def _compare(what: str, expected: Expected, got: tuple[int, int, int | None]) -> tuple[str | None, bool]:
+def _compare(what: str, expected: IdPattern | None, got: IdTriple) -> tuple[str | None, bool]:
     """(mismatch, inferred): inferred is True when saved could not be read."""
     if expected is None:
         return None, False
@@ -127,12 +134,12 @@ def _privileged_refusal(p: PlannedStep, r: Record, before: Record | None) -> boo
 
 def not_run(name: str, meaning: str, verdict: bool | None, reason: str) -> Result:
     """A result decided before (or instead of) running a child."""
-    return Result(name, verdict, reason, (), meaning)
+    return Result(name=name, verdict=verdict, reason=reason, meaning=meaning)
 
 
 def evaluate(plan: Plan, outcome: Outcome) -> Result:
     """The verdict for ``plan`` from the child's ``outcome``."""
-    sc = plan.scenario
+    probe = plan.probe
     lines: list[TraceLine] = []
     decided: tuple[bool | None, str] | None = None
     inferred = False
@@ -148,22 +155,33 @@ def evaluate(plan: Plan, outcome: Outcome) -> Result:
         if r is not None and decided is None:
             mismatch, inf = _mismatch(p, r)
             inferred = inferred or inf
-            if mismatch and p.role == Role.SETUP:
+            if mismatch and p.role is Role.SETUP:
                 decided = (None, f"could not establish the start state: {mismatch}")
-            elif mismatch and p.role == Role.AUX:
+            elif mismatch and p.role is Role.AUX:
                 decided = (None, f"could not drop or regain the effective uid around the check: {mismatch}")
             elif mismatch and _privileged_refusal(p, r, before):
                 decided = (None, f"refused while privileged, so a security policy blocks it: {mismatch}")
             elif mismatch:
                 decided = (False, mismatch)
-        lines.append(TraceLine(p.step, p.role, p.ok, p.uids, p.gids, p.groups, r, mismatch))
+        lines.append(
+            TraceLine(
+                step=p.step,
+                role=p.role,
+                expect_ok=p.ok,
+                expect_uids=p.uids,
+                expect_gids=p.gids,
+                expect_groups=p.groups,
+                record=r,
+                mismatch=mismatch,
+            )
+        )
         before = r
     trace = tuple(lines)
     if decided is None and not outcome.completed:
         decided = (None, outcome.describe_end())
     if decided is None:
-        reason = f"every call behaved as required: {sc.meaning}"
+        reason = f"every call behaved as required: {probe.meaning}"
         if inferred:
             reason += " (saved ids not readable here: inferred from which calls succeeded)"
         decided = (True, reason)
-    return Result(sc.name, decided[0], decided[1], trace, sc.meaning)
+    return Result(name=probe.name, verdict=decided[0], reason=decided[1], trace=trace, meaning=probe.meaning)
