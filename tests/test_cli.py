@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from conftest import AS_NOBODY, requires_cc, requires_other_user, requires_root, requires_tools
 from conftest import run_cli as uidprobe
 from uidprobe import cli, store
-from uidprobe.names import OBSERVED
+from uidprobe.names import OBSERVED, VERSION
 from uidprobe.verdicts import Result
 
 
@@ -136,6 +136,11 @@ def test_help_explains_verdicts_exit_codes_and_the_store() -> None:
     assert p.returncode == 0
     for phrase in ("undetermined", "64 bad usage", "uidprobe configure", "/var/lib/uidprobe/verdicts"):
         assert phrase in p.stdout
+
+
+def test_version_prints_the_name_and_version_and_exits_0() -> None:
+    p = uidprobe("--version")
+    assert (p.returncode, p.stdout, p.stderr) == (0, f"uidprobe {VERSION}\n", "")
 
 
 @settings(max_examples=40, deadline=None)

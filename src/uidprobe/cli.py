@@ -23,6 +23,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, TextIO
 
+from uidprobe.names import VERSION
 from uidprobe.store import DEFAULT_PATH as DEFAULT_STORE
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG.format(default=DEFAULT_STORE),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     parser.add_argument("--json", action="store_true", help="machine-readable output (sorted keys)")
     parser.add_argument(
         "--color",
