@@ -189,11 +189,11 @@ for py in "${pythons[@]}"; do
     "$venv/bin/python" - "$venv" <<'EOF' || fail "the installed package is not the venv's"
 import os, sys
 import uidprobe._engine
-from uidprobe import engine
+from uidprobe.engine import default_engine
 where = os.path.realpath(uidprobe._engine.__file__)
 assert where.startswith(os.path.realpath(sys.argv[1]) + os.sep), where
 assert where.endswith(os.sep + "_engine.abi3.so"), where
-assert engine.runner_path() is not None, "the runner is missing or not executable"
+assert default_engine().runner is not None, "the runner is missing or not executable"
 EOF
 
     say "Python $pyver: a downstream build (build isolation, local wheelhouse only)"
