@@ -9,17 +9,19 @@
  * Everything here is async-signal-safe: set*id/get*id calls, capget/capset
  * and prctl (raw system calls), plain stores.  No malloc, no stdio.
  *
- * The steps themselves go through the C library (its seteuid is what
- * callers get).  Read-back is done twice: through the C library and through
- * the kernel directly (raw system calls), so an emulated C library such as
- * fakeroot cannot fake the answer: where the two disagree, the Python side
- * says so instead of believing either.
+ * The set*id steps go through the C library (its seteuid is what callers
+ * get).  Read-back is done twice: through the C library and from the kernel
+ * directly (rawsys.h: the system call instruction itself, so no preloaded
+ * library, not even one that interposes syscall(), stands between), so an
+ * emulated C library such as fakeroot cannot fake the answer: where the two
+ * disagree, the Python side says so instead of believing either.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1 // getresuid() and friends on glibc
 #endif
 
 #include "engine.h"
+#include "rawsys.h"
 
 #include <errno.h>
 #include <grp.h>
@@ -30,22 +32,36 @@
 #ifdef __linux__
 #include <linux/capability.h>
 #include <sys/prctl.h>
-#include <sys/syscall.h>
 #endif
 
 // ------------------------------------------------------------------ steps
 
 #ifdef __linux__
+// A step's result in the C convention (-1 and errno) from a raw call's.
+static int as_step(long r)
+{
+    if (r < 0) {
+        errno = (int)-r;
+        return -1;
+    }
+    return (int)r;
+}
+
+static long prctl5(long option, long a, long b)
+{
+    return up_sys(SYS_prctl, option, a, b, 0, 0);
+}
+
 static int caps_get(struct __user_cap_data_struct data[2])
 {
     struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
-    return (int)syscall(SYS_capget, &h, data);
+    return as_step(up_sys(SYS_capget, (long)&h, (long)data, 0, 0, 0));
 }
 
 static int caps_set(struct __user_cap_data_struct data[2])
 {
     struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
-    return (int)syscall(SYS_capset, &h, data);
+    return as_step(up_sys(SYS_capset, (long)&h, (long)data, 0, 0, 0));
 }
 
 // Make the effective set equal the permitted set: what an attacker who
@@ -134,9 +150,9 @@ int up_do_step(const struct up_step *s, const long long *pool, int npool)
     case UP_OP_CAPS_CLEAR:
         return caps_clear();
     case UP_OP_KEEPCAPS:
-        return prctl(PR_SET_KEEPCAPS, (unsigned long)s->args[0], 0UL, 0UL, 0UL);
+        return as_step(prctl5(PR_SET_KEEPCAPS, (long)s->args[0], 0));
     case UP_OP_AMBIENT_CLEAR:
-        return prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0UL, 0UL, 0UL);
+        return as_step(prctl5(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0));
 #endif
     default:
         errno = EINVAL;
@@ -172,23 +188,6 @@ static void libc_ids(long long uid[3], long long gid[3])
 #endif
 }
 
-#ifdef __linux__
-// 32-bit platforms have both 16-bit and 32-bit id calls; take the 32-bit ones.
-#ifdef SYS_getresuid32
-#define UP_SYS_GETRESUID SYS_getresuid32
-#define UP_SYS_GETRESGID SYS_getresgid32
-#define UP_SYS_SETFSUID SYS_setfsuid32
-#define UP_SYS_SETFSGID SYS_setfsgid32
-#define UP_SYS_GETGROUPS SYS_getgroups32
-#else
-#define UP_SYS_GETRESUID SYS_getresuid
-#define UP_SYS_GETRESGID SYS_getresgid
-#define UP_SYS_SETFSUID SYS_setfsuid
-#define UP_SYS_SETFSGID SYS_setfsgid
-#define UP_SYS_GETGROUPS SYS_getgroups
-#endif
-#endif
-
 // The kernel's view, by raw system call: no C library (or preload) between.
 // setfsuid(-1) changes nothing and returns the current fsuid: no /proc needed.
 static void kernel_ids(long long uid[3], long long gid[3], long long *fsuid, long long *fsgid)
@@ -196,18 +195,19 @@ static void kernel_ids(long long uid[3], long long gid[3], long long *fsuid, lon
 #ifdef __linux__
     uid_t u[3];
     gid_t g[3];
-    if (syscall(UP_SYS_GETRESUID, &u[0], &u[1], &u[2]) == 0) {
+    if (up_sys(UP_SYS_GETRESUID, (long)&u[0], (long)&u[1], (long)&u[2], 0, 0) == 0) {
         uid[0] = u[0]; uid[1] = u[1]; uid[2] = u[2];
     } else {
         uid[0] = uid[1] = uid[2] = UP_ID_UNKNOWN;
     }
-    if (syscall(UP_SYS_GETRESGID, &g[0], &g[1], &g[2]) == 0) {
+    if (up_sys(UP_SYS_GETRESGID, (long)&g[0], (long)&g[1], (long)&g[2], 0, 0) == 0) {
         gid[0] = g[0]; gid[1] = g[1]; gid[2] = g[2];
     } else {
         gid[0] = gid[1] = gid[2] = UP_ID_UNKNOWN;
     }
-    *fsuid = (long long)(uid_t)syscall(UP_SYS_SETFSUID, (uid_t)-1);
-    *fsgid = (long long)(gid_t)syscall(UP_SYS_SETFSGID, (gid_t)-1);
+    // setfsuid(-1) changes nothing and returns the current value.
+    *fsuid = (long long)(uid_t)up_sys(UP_SYS_SETFSUID, (long)(uid_t)-1, 0, 0, 0, 0);
+    *fsgid = (long long)(gid_t)up_sys(UP_SYS_SETFSGID, (long)(gid_t)-1, 0, 0, 0, 0);
 #else
     // No kernel interface to ask past the C library: report its view.
     libc_ids(uid, gid);
@@ -220,9 +220,11 @@ static int kernel_groups(long long *out, int max)
     gid_t groups[UP_SWITCH_MAX_GROUPS];
     int cap = max < UP_SWITCH_MAX_GROUPS ? max : UP_SWITCH_MAX_GROUPS;
 #ifdef __linux__
-    int n = (int)syscall(UP_SYS_GETGROUPS, cap, groups);
-    if (n < 0 && errno == EINVAL)
-        n = (int)syscall(UP_SYS_GETGROUPS, 0, groups); // more than we keep: the count only
+    int n = (int)up_sys(UP_SYS_GETGROUPS, cap, (long)groups, 0, 0, 0);
+    if (n == -EINVAL)
+        n = (int)up_sys(UP_SYS_GETGROUPS, 0, (long)groups, 0, 0, 0); // more than we keep: the count only
+    if (n < 0)
+        n = -1;
 #else
     int n = getgroups(cap, groups);
     if (n < 0 && errno == EINVAL)
@@ -265,14 +267,14 @@ int up_read_creds(struct up_creds *c, int flags)
             // Ambient capabilities have no bulk read: ask for each one up to
             // the first the kernel does not know.
             for (int cap = 0; cap < 64; cap++) {
-                int r = prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, (unsigned long)cap, 0UL, 0UL);
+                long r = prctl5(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap);
                 if (r < 0)
                     break;
                 if (r > 0)
                     c->cap_amb |= 1ULL << cap;
             }
-            c->keepcaps = prctl(PR_GET_KEEPCAPS, 0UL, 0UL, 0UL, 0UL);
-            c->securebits = prctl(PR_GET_SECUREBITS, 0UL, 0UL, 0UL, 0UL);
+            c->keepcaps = (int)prctl5(PR_GET_KEEPCAPS, 0, 0);
+            c->securebits = (int)prctl5(PR_GET_SECUREBITS, 0, 0);
             c->caps_known = 1;
         }
     }

@@ -145,7 +145,7 @@ def make_builder(
         '#include "engine.h"',
         sources=[os.path.join(csrc, "engine.c"), os.path.join(csrc, "steps.c")],
         include_dirs=[csrc],
-        depends=[os.path.join(csrc, "engine.h"), os.path.join(csrc, "runner.c")],
+        depends=[os.path.join(csrc, "engine.h"), os.path.join(csrc, "rawsys.h")],
         define_macros=detect_macros(hidden),
     )
     return builder
