@@ -27,12 +27,12 @@ class BuildExtWithRunner(build_ext):
         super().run()
         build = runpy.run_path(os.path.join("src", "build_engine.py"), run_name="uidprobe_build")
         target_dir = os.path.dirname(self.get_ext_fullpath("uidprobe._engine"))
-        sources = [os.path.join("csrc", name) for name in ("runner.c", "engine.c", "steps.c")]
+        sources = [os.path.join("csrc", name) for name in ("runner.c", *build["ENGINE_SOURCES"])]
         try:
             objects = self.compiler.compile(
                 sources,
                 output_dir=self.build_temp,
-                macros=build["detect_macros"](build["_hidden_from_env"]()),
+                macros=build["detect_macros"](build["hidden_from_env"]()),
                 include_dirs=["csrc"],
             )
             self.compiler.link_executable(objects, "_runner", output_dir=target_dir)

@@ -2,153 +2,36 @@
  * uidprobe engine: run a list of set*id steps in a forked child and return
  * the trace.  The engine is deliberately meaning-free: it performs calls and
  * reads ids back.  What a trace *means* is decided in Python.
+ *
+ * The interface Python calls is declared once, in api.h (the build script
+ * reads it into the cffi cdef).  This header adds what the C files share
+ * among themselves:
+ *   steps.c   the async-signal-safe step runner (probe children and up_switch)
+ *   spawn.c   fork, deadline, kill, reap: up_run_batch()
+ *   wire.c    the runner's wire format and I/O helpers: up_spawn_batch()
+ *   runner.c  the small program that forks probe children
  */
 #ifndef UIDPROBE_ENGINE_H
 #define UIDPROBE_ENGINE_H
 
 #include <stddef.h>
 
-// Operations a step can perform.  The numbering is part of the ABI between
-// this file and src/uidprobe/engine.py; append, never renumber.
-#define UP_OP_SETUID 1
-#define UP_OP_SETEUID 2
-#define UP_OP_SETREUID 3
-#define UP_OP_SETRESUID 4
-#define UP_OP_SETGID 5
-#define UP_OP_SETEGID 6
-#define UP_OP_SETREGID 7
-#define UP_OP_SETRESGID 8
-#define UP_OP_SETGROUPS 9
-// Capability and prctl steps (Linux; EINVAL elsewhere).  They make the
-// permanent drop complete and let the regain check try what an attacker would.
-#define UP_OP_CAPS_RAISE 10    // effective := permitted (capset)
-#define UP_OP_CAPS_CLEAR 11    // permitted, effective, inheritable := {} (capset)
-#define UP_OP_KEEPCAPS 12      // prctl(PR_SET_KEEPCAPS, args[0])
-#define UP_OP_AMBIENT_CLEAR 13 // prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+#include "api.h"
 
-#define UP_MAX_ARGS 8
-#define UP_MAX_GROUPS 8
-#define UP_MAX_STEPS 64
-
-// An id the child could not read back (no getresuid on this platform).
-#define UP_ID_UNKNOWN (-2LL)
-// An expectation that is not checked.
-#define UP_ANY (-3LL)
-// setgroups step whose list is in the caller's pool: args[0] offset, args[1] count.
-#define UP_GROUPS_FROM_POOL (-1)
-// The most supplementary groups an in-process switch reads back and sets.
-#define UP_SWITCH_MAX_GROUPS 256
-// up_read_creds() flags.
-#define UP_READ_CAPS 1
-
-// Feature bits returned by up_features(), detected when the engine was built.
-#define UP_HAVE_GETRESUID 1
-#define UP_HAVE_SETRESUID 2
-#define UP_HAVE_GETRESGID 4
-#define UP_HAVE_SETRESGID 8
-
-struct up_step {
-    int op;
-    int nargs;                   // setgroups: the number of groups in args, or UP_GROUPS_FROM_POOL
-    long long args[UP_MAX_ARGS]; // -1 means "leave unchanged" where the call allows it
-};
-
-struct up_record {
-    int index;                   // step index
-    int op;
-    int ret;                     // the call's return value
-    int err;                     // errno when ret == -1, else 0
-    long long uid[3];            // real, effective, saved as the C library reads them back
-    long long gid[3];
-    long long kuid[3];           // the same, as the kernel reports them (raw system call)
-    long long kgid[3];
-    long long fsuid, fsgid;      // filesystem ids (kernel); UP_ID_UNKNOWN off Linux
-    int caps_known;              // cap_eff/cap_prm were read (Linux)
-    unsigned long long cap_eff, cap_prm;
-    int ngroups;                 // getgroups() count after the step, -1 if it failed
-    long long groups[UP_MAX_GROUPS]; // the first UP_MAX_GROUPS of them
-};
-
-// What must hold after one step of an in-process switch; UP_ANY: not checked.
-struct up_expect {
-    long long uid[3];            // kernel real, effective, saved
-    long long gid[3];
-    long long fsuid, fsgid;
-    int groups_off;              // the groups, as a set: pool[groups_off, +groups_count)
-    int groups_count;            // -1: not checked
-};
-
-// Every credential of the calling thread.
-struct up_creds {
-    long long uid[3], gid[3];    // kernel (raw system calls)
-    long long libc_uid[3], libc_gid[3]; // the C library's answer
-    long long fsuid, fsgid;      // kernel; UP_ID_UNKNOWN off Linux
-    int ngroups;                 // may exceed UP_SWITCH_MAX_GROUPS (only that many stored); -1 failed
-    long long groups[UP_SWITCH_MAX_GROUPS];
-    int caps_known;              // the fields below were read (UP_READ_CAPS, Linux)
-    unsigned long long cap_eff, cap_prm, cap_inh, cap_amb;
-    int keepcaps, securebits;
-};
-
-#define UP_SWITCH_OK 0          // every step ran and verified
-#define UP_SWITCH_ROLLED_BACK 1 // a step failed; undone, and the start identity verified
-#define UP_SWITCH_STUCK 2       // a step failed and undoing did not reach the start identity
-#define UP_SWITCH_BAD_INPUT 3   // nothing was done
-
-struct up_switch_result {
-    int status;
-    int failed_step;             // index of the first failing step, or -1
-    int ret, err;                // its return value and errno
-    struct up_creds start;       // read before the first step
-    struct up_creds after;       // read after the failing (or last) step
-    struct up_creds now;         // held on return
-};
-
-struct up_outcome {
-    int nrecords;        // records stored in the caller's array
-    int completed;       // the child ran every step and marked the trace complete
-    int timed_out;       // the parent killed the child after the deadline
-    int exited;          // exit status known and the child exited ...
-    int exit_code;       // ... with this code
-    int signaled;        // exit status known and the child died of ...
-    int signal;          // ... this signal
-    int wait_errno;      // waitpid() failed (ECHILD when SIGCHLD is ignored or
-                         // another reaper took the child): status unknown
-    int error;           // errno of a parent-side failure; 0 if none
-    const char *failed_call; // name of the call that failed, or NULL
-};
-
-// Run `nscenarios` step lists back to back, each in a child forked from this
-// process; the child is killed after timeout_ms.  Scenario i has
-// counts[i] steps, taken in order from `steps`; its records start at
-// records + i * UP_MAX_STEPS.  A scenario whose child could not be started
-// (fork failed) has outcomes[i].error set and no records; the others still
-// run.  Returns -1 when any scenario failed that way, else 0.
-int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
-                 struct up_record *records, struct up_outcome *outcomes,
-                 int timeout_ms);
-
-int up_features(void);
+// How many probe children run at once (spawn.c): a batch is forked a window
+// at a time, then the window is collected.
+#define UP_WINDOW 64
 
 // --------------------------------------------------------- steps.c
 
-// Perform one step through the C library; its return value, errno set.
-// `pool` holds the groups of UP_GROUPS_FROM_POOL setgroups steps (or NULL).
+// Perform one step; its return value, errno set.  `pool` holds the groups
+// of UP_GROUPS_FROM_POOL setgroups steps (or NULL).
 int up_do_step(const struct up_step *s, const long long *pool, int npool);
-// Fill r's ids, kernel ids, filesystem ids, capabilities and groups.
+// Fill r's ids, kernel ids, filesystem ids, capabilities and groups, and
+// the sibling thread's ids when one runs.
 void up_read_record(struct up_record *r);
-// Read every credential of the calling thread; flags: UP_READ_CAPS.
-int up_read_creds(struct up_creds *c, int flags);
-// Run `steps` in the calling process with every signal blocked.  After each
-// step every id is read back from the kernel and compared with expect[i];
-// on the first failure or mismatch the `undo` steps run (their failures
-// ignored) and the result says whether the starting identity is back.
-// Returns res->status.
-int up_switch(const struct up_step *steps, const struct up_expect *expect, int nsteps,
-              const struct up_step *undo, int nundo, const long long *pool, int npool,
-              struct up_switch_result *res);
 
-// ------------------------------------------------------------ the runner
+// ------------------------------------------------------------ wire.c
 
 // Wire format between up_spawn_batch() and the runner program (runner.c):
 // both are built from this header by the same compiler, so raw structs.
@@ -161,22 +44,19 @@ struct up_batch_header {
     int timeout_ms;
 };
 
-// up_run_batch() in a separate small process: posix_spawn `runner` (its
-// cost does not grow with the caller's memory, unlike fork), send it the
-// steps, read back the outcomes and records.  Same layout of `records` and
-// `outcomes` as up_run_batch(), including outcomes[i].error for a scenario
-// whose child the runner could not fork.  Returns 0 when every outcome was
-// received; -1 with outcomes[0].error/failed_call set when the runner could
-// not be started or failed (the caller may then fall back to up_run_batch()).
-// I/O helpers shared with the runner (not part of the Python-facing API):
-// write all of buf, and read exactly len bytes (timeout_ms < 0: no deadline).
-// Both retry EINTR and short transfers; -1 with errno on failure or EOF.
+// I/O helpers shared with the runner: write all of buf, and read exactly
+// len bytes (timeout_ms < 0: no deadline).  Both retry EINTR and short
+// transfers; -1 with errno on failure or EOF.
 int up_write_all(int fd, const void *buf, size_t len);
 int up_read_exact(int fd, void *buf, size_t len, int timeout_ms);
 
-int up_spawn_batch(const char *runner,
-                   const struct up_step *steps, const int *counts, int nscenarios,
-                   struct up_record *records, struct up_outcome *outcomes,
-                   int timeout_ms);
+// ------------------------------------------------------------ spawn.c
+
+// Milliseconds on the monotonic clock.
+long long up_now_ms(void);
+// pipe() with FD_CLOEXEC on both ends.
+int up_pipe_cloexec(int fds[2]);
+// Record a parent-side failure in `out`.
+void up_fail(struct up_outcome *out, const char *call, int err);
 
 #endif

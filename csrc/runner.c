@@ -18,8 +18,9 @@
 
 #include <stdlib.h>
 
-// Scenarios run per chunk, so memory stays small whatever the batch size.
-#define CHUNK 64
+// Scenarios run per chunk (up_run_batch runs a chunk concurrently), so memory
+// stays small whatever the batch size.
+#define CHUNK UP_WINDOW
 
 int main(void)
 {

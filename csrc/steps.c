@@ -10,7 +10,8 @@
  * and prctl (raw system calls), plain stores.  No malloc, no stdio.
  *
  * The set*id steps go through the C library (its seteuid is what callers
- * get).  Read-back is done twice: through the C library and from the kernel
+ * get); the UP_OP_THREAD_* steps are the raw system calls, which change the
+ * calling thread only (the C library's wrappers broadcast to every thread).  Read-back is done twice: through the C library and from the kernel
  * directly (rawsys.h: the system call instruction itself, so no preloaded
  * library, not even one that interposes syscall(), stands between), so an
  * emulated C library such as fakeroot cannot fake the answer: where the two
@@ -31,6 +32,7 @@
 
 #ifdef __linux__
 #include <linux/capability.h>
+#include <linux/futex.h>
 #include <sys/prctl.h>
 #endif
 
@@ -84,9 +86,9 @@ static int caps_clear(void)
 }
 #endif
 
-static int set_groups(const struct up_step *s, const long long *pool, int npool)
+// The group list of a setgroups step into `list`; its length, or -1 with errno.
+static int group_list(const struct up_step *s, const long long *pool, int npool, gid_t *list)
 {
-    gid_t list[UP_SWITCH_MAX_GROUPS];
     int off = 0, n = s->nargs;
     const long long *src = s->args;
     if (n == UP_GROUPS_FROM_POOL) {
@@ -105,8 +107,141 @@ static int set_groups(const struct up_step *s, const long long *pool, int npool)
     }
     for (int i = 0; i < n; i++)
         list[i] = (gid_t)src[i];
-    return setgroups((size_t)n, list);
+    return n;
 }
+
+static int set_groups(const struct up_step *s, const long long *pool, int npool)
+{
+    gid_t list[UP_SWITCH_MAX_GROUPS];
+    int n = group_list(s, pool, npool, list);
+    return n < 0 ? -1 : setgroups((size_t)n, list);
+}
+
+// ------------------------------------------------------ per-thread steps
+
+#ifdef __linux__
+// The raw call behind a UP_OP_THREAD_SET* step: the calling thread only.
+// Returns what the kernel returns (>= 0, or -errno).  No errno: the sibling
+// thread runs this too, and it has no thread-local storage of its own.
+static long thread_set(const struct up_step *s, const long long *pool, int npool)
+{
+    gid_t list[UP_SWITCH_MAX_GROUPS];
+    int n;
+    switch (s->op) {
+    case UP_OP_THREAD_SETRESUID:
+        return up_sys(UP_SYS_SETRESUID, (long)(uid_t)s->args[0], (long)(uid_t)s->args[1],
+                      (long)(uid_t)s->args[2], 0, 0);
+    case UP_OP_THREAD_SETRESGID:
+        return up_sys(UP_SYS_SETRESGID, (long)(gid_t)s->args[0], (long)(gid_t)s->args[1],
+                      (long)(gid_t)s->args[2], 0, 0);
+    case UP_OP_THREAD_SETGROUPS: {
+        int saved = errno; // group_list reports with errno; keep the thread's own
+        n = group_list(s, pool, npool, list);
+        long r = n < 0 ? -(long)errno : up_sys(UP_SYS_SETGROUPS, n, (long)list, 0, 0, 0);
+        errno = saved;
+        return r;
+    }
+    default:
+        return -EINVAL;
+    }
+}
+
+static void kernel_ids(long long uid[3], long long gid[3], long long *fsuid, long long *fsgid);
+static int kernel_groups(long long *out, int max);
+
+// The sibling thread of a probe child (UP_OP_THREAD_START).  It is started
+// with a raw clone() on a static stack, not pthread_create(): the child was
+// forked from a possibly multithreaded caller, where pthread_create is not
+// async-signal-safe (it allocates, and takes locks another thread may have
+// held at fork time).  The runner (a single-threaded process) could have
+// used pthread_create, but the children are also forked from the caller
+// itself (Transport.FORK, and when no runner is installed): one mechanism
+// for both.  The sibling makes raw system calls and plain stores only, and
+// talks to the child's main thread through this mailbox and futexes.
+// It lives only in probe children: up_switch() refuses UP_OP_THREAD_START.
+enum { SIB_READ = 1, SIB_STEP = 2 };
+
+static struct {
+    int running;                // main thread only
+    int request;                // sequence number of the last request (main writes)
+    int done;                   // the last request handled (sibling writes)
+    int cmd;                    // SIB_READ, or SIB_STEP then read
+    struct up_step step;        // SIB_STEP: the call to make in the sibling too
+    long long uid[3], gid[3], fsuid, fsgid; // read back in the sibling
+    int ngroups;
+    long long groups[UP_MAX_GROUPS];
+} sib;
+
+static char sib_stack[64 * 1024] __attribute__((aligned(16)));
+
+static void futex_wait(int *addr, int val)
+{
+    (void)up_sys(SYS_futex, (long)addr, FUTEX_WAIT_PRIVATE, val, 0, 0);
+}
+
+static void futex_wake(int *addr)
+{
+    (void)up_sys(SYS_futex, (long)addr, FUTEX_WAKE_PRIVATE, 1, 0, 0);
+}
+
+static void sibling_main(void *unused)
+{
+    (void)unused;
+    int seen = 0;
+    for (;;) {
+        int req;
+        while ((req = __atomic_load_n(&sib.request, __ATOMIC_ACQUIRE)) == seen)
+            futex_wait(&sib.request, seen);
+        seen = req;
+        if (sib.cmd == SIB_STEP)
+            (void)thread_set(&sib.step, NULL, 0);
+        kernel_ids(sib.uid, sib.gid, &sib.fsuid, &sib.fsgid);
+        sib.ngroups = kernel_groups(sib.groups, UP_MAX_GROUPS);
+        __atomic_store_n(&sib.done, req, __ATOMIC_RELEASE);
+        futex_wake(&sib.done);
+    }
+}
+
+// Have the sibling do `cmd` and wait until it has.
+static void sibling_ask(int cmd, const struct up_step *s)
+{
+    sib.cmd = cmd;
+    if (s != NULL)
+        sib.step = *s;
+    int req = sib.request + 1;
+    __atomic_store_n(&sib.request, req, __ATOMIC_RELEASE);
+    futex_wake(&sib.request);
+    int d;
+    while ((d = __atomic_load_n(&sib.done, __ATOMIC_ACQUIRE)) != req)
+        futex_wait(&sib.done, d);
+}
+
+static int thread_start(void)
+{
+    if (sib.running) {
+        errno = EBUSY;
+        return -1;
+    }
+    long r = up_clone_thread(sib_stack + sizeof sib_stack, sibling_main, NULL);
+    if (r < 0)
+        return as_step(r);
+    sib.running = 1;
+    return 0;
+}
+
+static int thread_step(const struct up_step *s, const long long *pool, int npool)
+{
+    long r = thread_set(s, pool, npool);
+#ifdef UP_FAULT_THREAD_BROADCAST_BUILD
+    // Test build only: behave like a platform whose per-thread call changes
+    // every thread (the C library's wrappers do; so did LinuxThreads-era
+    // kernels).  The probe must then say 0.
+    if (r == 0 && sib.running && s->nargs != UP_GROUPS_FROM_POOL)
+        sibling_ask(SIB_STEP, s);
+#endif
+    return as_step(r);
+}
+#endif
 
 int up_do_step(const struct up_step *s, const long long *pool, int npool)
 {
@@ -153,6 +288,19 @@ int up_do_step(const struct up_step *s, const long long *pool, int npool)
         return as_step(prctl5(PR_SET_KEEPCAPS, (long)s->args[0], 0));
     case UP_OP_AMBIENT_CLEAR:
         return as_step(prctl5(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0));
+    case UP_OP_THREAD_START:
+        return thread_start();
+    case UP_OP_THREAD_SETRESUID:
+    case UP_OP_THREAD_SETRESGID:
+    case UP_OP_THREAD_SETGROUPS:
+        return thread_step(s, pool, npool);
+#else
+    case UP_OP_THREAD_START:
+    case UP_OP_THREAD_SETRESUID:
+    case UP_OP_THREAD_SETRESGID:
+    case UP_OP_THREAD_SETGROUPS:
+        errno = ENOSYS;
+        return -1;
 #endif
     default:
         errno = EINVAL;
@@ -246,6 +394,18 @@ void up_read_record(struct up_record *r)
         r->cap_eff = (unsigned long long)d[1].effective << 32 | d[0].effective;
         r->cap_prm = (unsigned long long)d[1].permitted << 32 | d[0].permitted;
         r->caps_known = 1;
+    }
+    r->sib_known = 0;
+    if (sib.running) {
+        sibling_ask(SIB_READ, NULL);
+        r->sib_known = 1;
+        for (int i = 0; i < 3; i++) {
+            r->sib_uid[i] = sib.uid[i];
+            r->sib_gid[i] = sib.gid[i];
+        }
+        r->sib_ngroups = sib.ngroups;
+        for (int i = 0; i < sib.ngroups && i < UP_MAX_GROUPS; i++)
+            r->sib_groups[i] = sib.groups[i];
     }
 #endif
 }
@@ -344,9 +504,29 @@ static int same_identity(const struct up_creds *a, const struct up_creds *b)
     return same_set(a->groups, a->ngroups, b->groups, b->ngroups);
 }
 
+// The calling thread's identity for up_switch(): the kernel's view only
+// (the C library's answer is not compared, and skipping it halves the cost).
+static void switch_creds(struct up_creds *c)
+{
+    kernel_ids(c->uid, c->gid, &c->fsuid, &c->fsgid);
+    c->ngroups = kernel_groups(c->groups, UP_SWITCH_MAX_GROUPS);
+    for (int i = 0; i < 3; i++)
+        c->libc_uid[i] = c->libc_gid[i] = UP_ID_UNKNOWN;
+    c->caps_known = 0;
+}
+
+// Steps an in-process switch may make: everything but starting a thread.
+static int switchable(const struct up_step *steps, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (steps[i].op == UP_OP_THREAD_START)
+            return 0;
+    return 1;
+}
+
 int up_switch(const struct up_step *steps, const struct up_expect *expect, int nsteps,
               const struct up_step *undo, int nundo, const long long *pool, int npool,
-              struct up_switch_result *res)
+              const struct up_expect *start, struct up_switch_result *res)
 {
     sigset_t all, old;
 
@@ -354,7 +534,8 @@ int up_switch(const struct up_step *steps, const struct up_expect *expect, int n
     res->failed_step = -1;
     res->ret = 0;
     res->err = 0;
-    if (nsteps < 0 || nsteps > UP_MAX_STEPS || nundo < 0 || nundo > UP_MAX_STEPS || npool < 0) {
+    if (nsteps < 0 || nsteps > UP_MAX_STEPS || nundo < 0 || nundo > UP_MAX_STEPS || npool < 0 ||
+        !switchable(steps, nsteps) || !switchable(undo, nundo)) {
         res->status = UP_SWITCH_BAD_INPUT;
         return res->status;
     }
@@ -364,27 +545,68 @@ int up_switch(const struct up_step *steps, const struct up_expect *expect, int n
     // be blocked and is not affected.)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    up_read_creds(&res->start, 0);
+    int have_start = nundo > 0 || start != NULL;
+    if (have_start)
+        switch_creds(&res->start);
+    if (start != NULL && !matches(start, &res->start, pool, npool)) {
+        res->now = res->start;
+        res->status = UP_SWITCH_NOT_AT_START;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return res->status;
+    }
     for (int i = 0; i < nsteps; i++) {
         errno = 0;
         int ret = up_do_step(&steps[i], pool, npool);
         int err = ret == -1 ? errno : 0;
-        up_read_creds(&res->after, 0);
+        switch_creds(&res->after);
         if (ret == 0 && matches(&expect[i], &res->after, pool, npool))
             continue;
         // First failure or mismatch: undo, whatever each undo call says,
-        // then check that the starting identity is back.
+        // then check that the starting identity is back.  Without undo
+        // steps (and so without a start read) nothing was undone: STUCK.
         res->failed_step = i;
         res->ret = ret;
         res->err = err;
         for (int j = 0; j < nundo; j++)
             (void)up_do_step(&undo[j], pool, npool);
-        up_read_creds(&res->now, 0);
-        res->status = same_identity(&res->now, &res->start) ? UP_SWITCH_ROLLED_BACK : UP_SWITCH_STUCK;
+        if (nundo > 0)
+            switch_creds(&res->now);
+        else
+            res->now = res->after;
+        res->status = have_start && same_identity(&res->now, &res->start) ? UP_SWITCH_ROLLED_BACK : UP_SWITCH_STUCK;
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         return res->status;
     }
-    res->now = nsteps > 0 ? res->after : res->start;
+    if (nsteps > 0)
+        res->now = res->after;
+    else if (have_start)
+        res->now = res->start;
+    else
+        switch_creds(&res->now);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return res->status;
+}
+
+int up_features(void)
+{
+    int f = 0;
+#ifdef HAVE_GETRESUID
+    f |= UP_HAVE_GETRESUID;
+#endif
+#ifdef HAVE_SETRESUID
+    f |= UP_HAVE_SETRESUID;
+#endif
+#ifdef HAVE_GETRESGID
+    f |= UP_HAVE_GETRESGID;
+#endif
+#ifdef HAVE_SETRESGID
+    f |= UP_HAVE_SETRESGID;
+#endif
+#if defined(__linux__) && UP_RAW_CLONE
+    f |= UP_HAVE_THREAD_OPS;
+#endif
+#ifdef UP_FAULT_THREAD_BROADCAST_BUILD
+    f |= UP_FAULT_THREAD_BROADCAST;
+#endif
+    return f;
 }

@@ -74,7 +74,7 @@ esac
 
 say "contents: LICENSE, csrc/, the engine and the runner"
 tar -tzf "$sdist" >"$tmp/sdist-files"
-for f in LICENSE csrc/engine.c csrc/engine.h csrc/runner.c src/build_engine.py setup.py scripts/release_check.sh; do
+for f in LICENSE csrc/api.h csrc/spawn.c csrc/wire.c csrc/steps.c csrc/engine.h csrc/runner.c src/build_engine.py setup.py scripts/release_check.sh; do
     grep -qx "uidprobe-$version/$f" "$tmp/sdist-files" || fail "sdist lacks $f"
 done
 wheel_files "$wheel" >"$tmp/wheel-files"

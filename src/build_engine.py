@@ -13,6 +13,7 @@ on Linux too.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sysconfig
@@ -27,82 +28,24 @@ OPTIONAL_FUNCS = {
     "setresgid": "return setresgid(-1, -1, -1);",
 }
 
-CDEF = """
-#define UP_OP_SETUID ...
-#define UP_OP_SETEUID ...
-#define UP_OP_SETREUID ...
-#define UP_OP_SETRESUID ...
-#define UP_OP_SETGID ...
-#define UP_OP_SETEGID ...
-#define UP_OP_SETREGID ...
-#define UP_OP_SETRESGID ...
-#define UP_OP_SETGROUPS ...
-#define UP_OP_CAPS_RAISE ...
-#define UP_OP_CAPS_CLEAR ...
-#define UP_OP_KEEPCAPS ...
-#define UP_OP_AMBIENT_CLEAR ...
-#define UP_MAX_ARGS ...
-#define UP_MAX_GROUPS ...
-#define UP_MAX_STEPS ...
-#define UP_ID_UNKNOWN ...
-#define UP_ANY ...
-#define UP_GROUPS_FROM_POOL ...
-#define UP_SWITCH_MAX_GROUPS ...
-#define UP_READ_CAPS ...
-#define UP_SWITCH_OK ...
-#define UP_SWITCH_ROLLED_BACK ...
-#define UP_SWITCH_STUCK ...
-#define UP_SWITCH_BAD_INPUT ...
-#define UP_HAVE_GETRESUID ...
-#define UP_HAVE_SETRESUID ...
-#define UP_HAVE_GETRESGID ...
-#define UP_HAVE_SETRESGID ...
+#: The C files of the engine, relative to csrc/ (the runner adds runner.c).
+ENGINE_SOURCES = ("spawn.c", "wire.c", "steps.c")
+#: The headers they include: rebuild when one changes, ship them in the sdist.
+ENGINE_HEADERS = ("api.h", "engine.h", "rawsys.h")
 
-struct up_step { int op; int nargs; long long args[...]; };
-struct up_record {
-    int index; int op; int ret; int err;
-    long long uid[3]; long long gid[3];
-    long long kuid[3]; long long kgid[3];
-    long long fsuid, fsgid;
-    int caps_known; unsigned long long cap_eff, cap_prm;
-    int ngroups; long long groups[...];
-};
-struct up_expect {
-    long long uid[3]; long long gid[3];
-    long long fsuid, fsgid;
-    int groups_off; int groups_count;
-};
-struct up_creds {
-    long long uid[3], gid[3];
-    long long libc_uid[3], libc_gid[3];
-    long long fsuid, fsgid;
-    int ngroups; long long groups[...];
-    int caps_known;
-    unsigned long long cap_eff, cap_prm, cap_inh, cap_amb;
-    int keepcaps, securebits;
-};
-struct up_switch_result {
-    int status; int failed_step; int ret, err;
-    struct up_creds start; struct up_creds after; struct up_creds now;
-};
-struct up_outcome {
-    int nrecords; int completed; int timed_out;
-    int exited; int exit_code; int signaled; int signal;
-    int wait_errno; int error; const char *failed_call;
-};
-int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
-                 struct up_record *records, struct up_outcome *outcomes,
-                 int timeout_ms);
-int up_features(void);
-int up_read_creds(struct up_creds *c, int flags);
-int up_switch(const struct up_step *steps, const struct up_expect *expect, int nsteps,
-              const struct up_step *undo, int nundo, const long long *pool, int npool,
-              struct up_switch_result *res);
-int up_spawn_batch(const char *runner,
-                   const struct up_step *steps, const int *counts, int nscenarios,
-                   struct up_record *records, struct up_outcome *outcomes,
-                   int timeout_ms);
-"""
+_DEFINE = re.compile(r"^#define\s+(\w+)\s+.*$", re.MULTILINE)
+_GUARD = re.compile(r"^#(?:ifndef|endif|include)\b.*$|^#define\s+\w+_H\s*$", re.MULTILINE)
+_NAMED_BOUND = re.compile(r"\[UP_\w+\]")
+
+
+def cdef_from_header(text: str) -> str:
+    """The cffi cdef for csrc/api.h: the header's own declarations, with the
+    include guard dropped, each ``#define NAME value`` as ``#define NAME ...``
+    (cffi takes the value from the compiler) and array bounds named by a
+    macro as ``[...]``."""
+    text = _GUARD.sub("", text)
+    text = _DEFINE.sub(r"#define \1 ...", text)
+    return _NAMED_BOUND.sub("[...]", text)
 
 
 def _links(body: str) -> bool:
@@ -135,28 +78,36 @@ def make_builder(
     module_name: str = "uidprobe._engine",
     root: str = ".",
     hidden: frozenset[str] = frozenset(),
+    extra_macros: tuple[tuple[str, str], ...] = (),
 ) -> FFI:
-    """An FFI builder for the engine; ``root`` is the project directory."""
+    """An FFI builder for the engine; ``root`` is the project directory.
+
+    ``extra_macros`` are for test builds only (e.g.
+    ``UP_FAULT_THREAD_BROADCAST_BUILD``, see csrc/steps.c).
+    """
     csrc = os.path.join(root, "csrc")
+    with open(os.path.join(csrc, "api.h")) as f:
+        cdef = cdef_from_header(f.read())
     builder = FFI()
-    builder.cdef(CDEF)
+    builder.cdef(cdef)
     builder.set_source(
         module_name,
         '#include "engine.h"',
-        sources=[os.path.join(csrc, "engine.c"), os.path.join(csrc, "steps.c")],
+        sources=[os.path.join(csrc, name) for name in ENGINE_SOURCES],
         include_dirs=[csrc],
-        depends=[os.path.join(csrc, "engine.h"), os.path.join(csrc, "rawsys.h")],
-        define_macros=detect_macros(hidden),
+        depends=[os.path.join(csrc, name) for name in ENGINE_HEADERS],
+        define_macros=[*detect_macros(hidden), *extra_macros],
     )
     return builder
 
 
-def _hidden_from_env() -> frozenset[str]:
+def hidden_from_env() -> frozenset[str]:
+    """The functions ``UIDPROBE_HIDE_FUNCS`` asks the build to treat as missing."""
     names = os.environ.get("UIDPROBE_HIDE_FUNCS", "")
     return frozenset(n.strip() for n in names.split(",") if n.strip())
 
 
-ffibuilder = make_builder(hidden=_hidden_from_env())
+ffibuilder = make_builder(hidden=hidden_from_env())
 
 if __name__ == "__main__":
     ffibuilder.compile(verbose=True)

@@ -86,14 +86,21 @@ def _memory_kib() -> tuple[int, int]:
 def test_1000_probe_runs_leak_no_fd_no_zombie_and_no_memory(eng: Engine) -> None:
     for _ in range(50):  # warm: caches, allocator pools, first-use imports
         suite.run(engine=eng)
-    fds, (rss, vms) = open_fds(), _memory_kib()
-    for _ in range(1000):
-        suite.run(engine=eng)
-    rss2, vms2 = _memory_kib()
+    fds = open_fds()
+    # Two windows of 500 runs: a leak grows the process in both, while a
+    # one-time step of the allocator (a new 1 MiB arena, glibc raising its
+    # mmap threshold) shows in one at most.
+    growth = []
+    for _ in range(2):
+        rss, vms = _memory_kib()
+        for _ in range(500):
+            suite.run(engine=eng)
+        rss2, vms2 = _memory_kib()
+        growth.append((rss2 - rss, vms2 - vms))
     assert open_fds() == fds
     assert zombies_of_this_process() == []
-    assert vms2 - vms < 1024, f"address space grew by {vms2 - vms} KiB"
-    assert rss2 - rss < 2048, f"resident memory grew by {rss2 - rss} KiB"
+    assert min(v for _, v in growth) < 512, f"address space grew by {growth} KiB (rss, vms) per 500 runs"
+    assert min(r for r, _ in growth) < 1024, f"resident memory grew by {growth} KiB (rss, vms) per 500 runs"
 
 
 @pytest.mark.parametrize(("profile", "phrase"), [("crash", "SIGSEGV"), ("hang", "timed out")])

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from uidprobe.engine import MAX_STEPS, Engine, Op, Step, default_engine
+from uidprobe.engine import MAX_STEPS, Engine, Step, default_engine
 from uidprobe.ids import IdPattern, IdTriple
 
 __all__ = ["Caps", "Creds", "Expect", "SwitchPlan", "SwitchResult", "SwitchStatus", "read_creds"]
@@ -124,6 +124,7 @@ class SwitchStatus(enum.IntEnum):
     OK = 0  # every step ran and verified
     ROLLED_BACK = 1  # a step failed; undone, the starting identity verified
     STUCK = 2  # a step failed and undoing did not reach the starting identity
+    NOT_AT_START = 4  # the thread did not hold the plan's starting identity: nothing was done
 
 
 @dataclass(frozen=True)
@@ -156,24 +157,33 @@ class SwitchResult:
 class SwitchPlan:
     """Steps with their expectations and the undo steps, converted to C once.
 
-    ``run()`` performs them in the calling process with every signal blocked
+    ``run()`` performs them in the calling thread with every signal blocked
     (``up_switch`` in csrc/steps.c): no Python code, and so no exception
-    raised by a signal handler, can run between two steps.
+    raised by a signal handler, can run between two steps.  ``start``, if
+    given, is the identity the thread must hold for the plan to apply: when
+    it does not, nothing is done and the status is NOT_AT_START (so a plan
+    can be cached and reused without reading the identity first).
+
+    ``attempt()`` is the fast path: the raw status only; ``result()`` then
+    converts the details of that run.  A plan holds one result buffer: it is
+    not for concurrent use by several threads.
     """
 
-    __slots__ = ("_c", "_expects", "_lib", "_steps", "_undo")
+    __slots__ = ("_c", "_call", "_expects", "_lib", "_steps", "_undo")
 
     def __init__(
         self,
         steps: Sequence[tuple[Step, Expect]],
         undo: Sequence[Step],
         engine: Engine | None = None,
+        start: Expect | None = None,
     ) -> None:
         if len(steps) > MAX_STEPS or len(undo) > MAX_STEPS:
             raise ValueError(f"at most {MAX_STEPS} steps in a switch")
         eng = engine or default_engine()
         ffi, lib = eng.ffi, eng.lib
         self._lib = lib
+        self._call = lib.up_switch
         self._steps = tuple(s for s, _ in steps)
         self._expects = tuple(e for _, e in steps)
         self._undo = tuple(undo)
@@ -187,19 +197,29 @@ class SwitchPlan:
         c_undo = ffi.new("struct up_step[]", max(1, len(undo)))
         for c, step in zip(c_undo, undo):
             _fill_switch_step(lib, c, step, pool)
+        c_start = ffi.NULL
+        if start is not None:
+            c_start = ffi.new("struct up_expect *")
+            _fill_expect(lib, c_start, start, pool)
         c_pool = ffi.new("long long[]", pool or [0])
         c_res = ffi.new("struct up_switch_result *")
-        self._c = (c_steps, c_expect, len(steps), c_undo, len(undo), c_pool, len(pool), c_res)
+        self._c = (c_steps, c_expect, len(steps), c_undo, len(undo), c_pool, len(pool), c_start, c_res)
 
     @property
     def steps(self) -> tuple[Step, ...]:
         return self._steps
 
-    def run(self) -> SwitchResult:
-        steps, expect, n, undo, nundo, pool, npool, res = self._c
-        status = self._lib.up_switch(steps, expect, n, undo, nundo, pool, npool, res)
+    def attempt(self) -> int:
+        """Run the switch; the raw ``UP_SWITCH_*`` status (0: every step ran
+        and verified).  Nothing is converted to Python: see ``result()``."""
+        status: int = self._call(*self._c)
+        return status
+
+    def result(self, status: int) -> SwitchResult:
+        """The details of the last ``attempt()``, which returned ``status``."""
         if status == self._lib.UP_SWITCH_BAD_INPUT:
             raise ValueError("up_switch refused its input")
+        res = self._c[-1]
         failed = res.failed_step
         return SwitchResult(
             status=SwitchStatus(status),
@@ -211,10 +231,13 @@ class SwitchPlan:
             _raw=res,
         )
 
+    def run(self) -> SwitchResult:
+        return self.result(self.attempt())
+
 
 def _fill_switch_step(lib: Any, c: Any, step: Step, pool: list[int]) -> None:
     c.op = int(step.op)
-    if step.op is Op.SETGROUPS:
+    if step.op.family == "groups":
         # In-process switches may set more groups than a step holds: the
         # list goes to the pool and the step points at it.
         c.nargs = lib.UP_GROUPS_FROM_POOL

@@ -53,7 +53,7 @@ MAX_SWITCH_GROUPS = 256
 #: Seconds before a probe child is killed.
 DEFAULT_TIMEOUT = 2.0
 
-CallFamily = Literal["uid", "gid", "groups", "caps"]
+CallFamily = Literal["uid", "gid", "groups", "caps", "thread"]
 
 
 class Op(enum.IntEnum):
@@ -72,6 +72,11 @@ class Op(enum.IntEnum):
     CAPS_CLEAR = 11  # permitted, effective, inheritable := {}
     KEEPCAPS = 12  # prctl(PR_SET_KEEPCAPS, args[0])
     AMBIENT_CLEAR = 13  # prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    # Per-thread (Linux): the raw system calls change the calling thread only.
+    THREAD_START = 14  # probe children only: a sibling thread, read back after every step
+    THREAD_SETRESUID = 15
+    THREAD_SETRESGID = 16
+    THREAD_SETGROUPS = 17
 
     @property
     def call(self) -> str:
@@ -81,11 +86,18 @@ class Op(enum.IntEnum):
     @property
     def family(self) -> CallFamily:
         """What the call changes."""
-        if self is Op.SETGROUPS:
+        if self in (Op.SETGROUPS, Op.THREAD_SETGROUPS):
             return "groups"
-        if self.value >= Op.CAPS_RAISE.value:
+        if self is Op.THREAD_START:
+            return "thread"
+        if Op.CAPS_RAISE.value <= self.value <= Op.AMBIENT_CLEAR.value:
             return "caps"
         return "uid" if self.name.endswith("UID") else "gid"
+
+    @property
+    def per_thread(self) -> bool:
+        """A raw system call that changes the calling thread only."""
+        return self in (Op.THREAD_SETRESUID, Op.THREAD_SETRESGID, Op.THREAD_SETGROUPS)
 
 
 _CALL_NAMES = {
@@ -93,12 +105,17 @@ _CALL_NAMES = {
     Op.CAPS_CLEAR: "capset-clear",
     Op.KEEPCAPS: "prctl-keepcaps",
     Op.AMBIENT_CLEAR: "prctl-ambient-clear",
+    Op.THREAD_START: "clone-thread",
+    Op.THREAD_SETRESUID: "SYS_setresuid",
+    Op.THREAD_SETRESGID: "SYS_setresgid",
+    Op.THREAD_SETGROUPS: "SYS_setgroups",
 }
 
 _SHOWN = {
     Op.CAPS_RAISE: "capset(effective = permitted)",
     Op.CAPS_CLEAR: "capset(every set empty)",
     Op.AMBIENT_CLEAR: "prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
+    Op.THREAD_START: "clone(CLONE_THREAD): start a second thread",
 }
 
 
@@ -121,15 +138,15 @@ class Step:
     args: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        if len(self.args) > MAX_ARGS and self.op is not Op.SETGROUPS:
+        if len(self.args) > MAX_ARGS and self.op.family != "groups":
             raise ValueError(f"{self.op.call}: at most {MAX_ARGS} arguments")
         for a in self.args:
             if not -1 <= a <= 0xFFFFFFFF:
                 raise ValueError(f"{self.op.call}: id {a} out of range")
 
     def __str__(self) -> str:
-        if self.op is Op.SETGROUPS:
-            return f"setgroups([{', '.join(map(str, self.args))}])"
+        if self.op.family == "groups":
+            return f"{self.op.call}([{', '.join(map(str, self.args))}])"
         if self.op is Op.KEEPCAPS:
             return f"prctl(PR_SET_KEEPCAPS, {self.args[0]})"
         if self.op in _SHOWN:
@@ -165,6 +182,11 @@ class Record:
     fsgid: int | None = None
     cap_effective: int | None = None
     cap_permitted: int | None = None
+    #: the probe child's second thread (Op.THREAD_START), read back in that
+    #: thread from the kernel after this step; None: no second thread
+    sibling_uids: IdTriple | None = None
+    sibling_gids: IdTriple | None = None
+    sibling_groups: tuple[int, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -236,6 +258,9 @@ class Features:
     #: success for (False makes setup use setreuid/setregid)
     setresuid_works: bool = True
     setresgid_works: bool = True
+    #: the per-thread steps (Op.THREAD_*) were built: Linux with a system
+    #: call instruction uidprobe can use directly
+    thread_ops: bool = False
 
     def has(self, op: Op) -> bool:
         """Does this C library provide ``op`` (the calls that may be missing)?"""
@@ -257,6 +282,15 @@ def _ids(raw: Any, unknown: int) -> IdTriple:
 
 def _ids_or_none(raw: Any, unknown: int) -> IdTriple | None:
     return None if int(raw[0]) == unknown else _ids(raw, unknown)
+
+
+def _sibling(r: Any, unknown: int, max_groups: int) -> dict[str, Any]:
+    n = r.sib_ngroups
+    return {
+        "sibling_uids": _ids(r.sib_uid, unknown),
+        "sibling_gids": _ids(r.sib_gid, unknown),
+        "sibling_groups": tuple(int(r.sib_groups[j]) for j in range(n)) if 0 <= n <= max_groups else None,
+    }
 
 
 def _timeout_ms(timeout: float) -> int:
@@ -296,6 +330,7 @@ class Engine:
             setresuid=bool(f & lib.UP_HAVE_SETRESUID),
             getresgid=bool(f & lib.UP_HAVE_GETRESGID),
             setresgid=bool(f & lib.UP_HAVE_SETRESGID),
+            thread_ops=bool(f & lib.UP_HAVE_THREAD_OPS),
         )
         self._learned: dict[tuple[int | None, int | None], Features] = {}
         self._lock = threading.Lock()
@@ -480,6 +515,7 @@ class Engine:
                     fsgid=None if r.fsgid == unknown else int(r.fsgid),
                     cap_effective=int(r.cap_eff) if r.caps_known else None,
                     cap_permitted=int(r.cap_prm) if r.caps_known else None,
+                    **(_sibling(r, unknown, lib.UP_MAX_GROUPS) if r.sib_known else {}),
                 )
             )
         return Outcome(
