@@ -164,6 +164,18 @@ EXPECTED_FLIPS: dict[str, dict[str, Any]] = {
     # only the liar's own verdict is no.
     "setresuid-ignored": {"HASSETRESUID": False},
     "setresuid-ignored,seteuid-moves-saved": {"HASSETRESUID": False, "USESETEUID": False},
+    # A uid change that leaves the filesystem uid at root has not switched
+    # file access: the uid mechanisms say no, and the gid probes, which drop
+    # the uid around their checks, cannot test.
+    "fsuid-stays-root": {
+        "USESETEUID": False,
+        "HASSETREUID": False,
+        "HASSETRESUID": False,
+        "USESETEGID": None,
+        "HASSETREGID": None,
+        "SETGID_PERMANENT": None,
+        "HASSETRESGID": None,
+    },
 }
 
 
