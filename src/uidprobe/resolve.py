@@ -15,6 +15,13 @@ import time
 from uidprobe import store
 from uidprobe.names import OBSERVED
 
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: see uidprobe/__init__.py
+if TYPE_CHECKING:
+    from typing import Literal
+
+    #: where the values came from
+    Source = Literal["store", "probe", "default"]
+
 __all__ = ["Snapshot", "defaults", "resolve"]
 
 
@@ -26,7 +33,7 @@ class Snapshot:
     def __init__(
         self,
         values: dict[str, int],
-        source: str,  # "store", "probe" or "default"
+        source: Source,
         reason: str,  # one line: why this source
         loaded: store.Loaded,  # what reading the store found, valid or not
         verdicts: dict[str, bool | None],
