@@ -296,7 +296,7 @@ def _describe_failure(result: SwitchResult) -> str:
     for what, want, have in (("uid", exp.uids, got.uids), ("gid", exp.gids, got.gids)):
         for label, w, g in zip(("real", "effective", "saved"), want or (None, None, None), have):
             if w is not None and w != g:
-                return f"after {step}: {label} {what} is {g}, should be {w} (read back {what}s {have})"
+                return f"after {step}: {label} {what} is {g}, should be {w} (read back {what}s {tuple(have)})"
     for fs_label, fs_want, fs_got in (("fsuid", exp.fsuid, got.fsuid), ("fsgid", exp.fsgid, got.fsgid)):
         if fs_want is not None and fs_want != fs_got:
             return f"after {step}: {fs_label} is {fs_got}, should be {fs_want}"
@@ -306,7 +306,7 @@ def _describe_failure(result: SwitchResult) -> str:
 
 
 def _held(c: Creds) -> str:
-    return f"uids {c.uids}, gids {c.gids}, groups {c.groups}, fsuid {c.fsuid}, fsgid {c.fsgid}"
+    return f"uids {tuple(c.uids)}, gids {tuple(c.gids)}, groups {c.groups}, fsuid {c.fsuid}, fsgid {c.fsgid}"
 
 
 class _Switch:
