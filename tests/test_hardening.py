@@ -234,6 +234,28 @@ def test_become_interrupted_after_switching_still_knows_the_way_back() -> None:
     assert out == {"uids": [0, 0, 0], "switched": False}
 
 
+def test_a_restore_that_fails_at_the_uid_still_puts_back_gids_and_groups(faults_so: Path) -> None:
+    # setreuid that ignores its real argument: the way back cannot reset the
+    # saved uid, but the gid and groups steps after it still must run.
+    out = run_json(
+        "import json, os\n"
+        "from uidprobe.privileges import Switcher, VerificationError\n"
+        "sw = Switcher({'HASSETREUID': 1, 'HASSETREGID': 1})\n"
+        "sw.become(1001, 1002, [5])\n"
+        "try:\n"
+        "    sw.restore()\n"
+        "    error = None\n"
+        "except VerificationError as e:\n"
+        "    error = str(e)\n"
+        "print(json.dumps({'error': error, 'gids': os.getresgid(), 'groups': os.getgroups(),\n"
+        "    'switched': sw.switched}))\n",
+        env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "setreuid-ignores-real"},
+    )
+    assert out["error"].startswith("restoring failed: after setreuid(0, 0): saved uid is 1001, should be 0")
+    assert "holding uids (0, 0, 1001), gids (0, 0, 0), groups ()" in out["error"]
+    assert out["gids"] == [0, 0, 0] and out["groups"] == [] and out["switched"] is True
+
+
 # --------------------------------------------------- filesystem ids, no /proc
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,13 @@ def test_json_has_the_documented_versioned_schema_and_round_trips(uid_model: Mod
     assert model.from_json(doc) == uid_model
 
 
-def test_a_model_does_not_differ_from_itself(uid_model: Model) -> None:
-    assert model.diff(uid_model, uid_model) == []
+def test_diff_names_exactly_the_transitions_that_differ(uid_model: Model) -> None:
+    changed = dataclasses.replace(uid_model.transitions[5], ret=-1, errno="EPERM")
+    ts = uid_model.transitions
+    other = dataclasses.replace(uid_model, transitions=(*ts[:5], changed, *ts[6:]))
+    lines = model.diff(uid_model, other)
+    assert len(lines) == 1 and lines[0].startswith(f"from ({','.join(changed.start)}) {changed.describe()}: ")
+    assert lines[0].endswith(f"|  {changed.result()}") and model.diff(uid_model, uid_model) == []
 
 
 @pytest.mark.parametrize(

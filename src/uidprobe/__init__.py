@@ -35,7 +35,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NAMES",
+    "EngineError",
+    "InvalidTargetError",
+    "ModelError",
+    "NoMechanismError",
+    "PrivilegeError",
     "Result",
+    "StoreError",
+    "UidprobeError",
+    "UsageError",
+    "VerificationError",
+    "WriteError",
     "__version__",
     "define_macros",
     "get_config_var",
@@ -44,6 +54,34 @@ __all__ = [
 ]
 
 NAMES: tuple[str, ...]
+
+_ERRORS = frozenset(
+    (
+        "EngineError",
+        "InvalidTargetError",
+        "ModelError",
+        "NoMechanismError",
+        "PrivilegeError",
+        "StoreError",
+        "UidprobeError",
+        "UsageError",
+        "VerificationError",
+        "WriteError",
+    )
+)
+if TYPE_CHECKING:
+    from uidprobe.errors import (
+        EngineError,
+        InvalidTargetError,
+        ModelError,
+        NoMechanismError,
+        PrivilegeError,
+        StoreError,
+        UidprobeError,
+        UsageError,
+        VerificationError,
+        WriteError,
+    )
 
 
 def __getattr__(name: str) -> object:
@@ -56,6 +94,10 @@ def __getattr__(name: str) -> object:
         from uidprobe.verdicts import Result
 
         return Result
+    if name in _ERRORS:
+        from uidprobe import errors
+
+        return getattr(errors, name)
     raise AttributeError(f"module 'uidprobe' has no attribute {name!r}")
 
 

@@ -13,9 +13,19 @@ why, including why a store was ignored.
 
 from __future__ import annotations
 
-from uidprobe.resolve import resolve
+from uidprobe.resolve import Snapshot, defaults, resolve
 
-_snapshot = resolve()
+
+def _resolve() -> Snapshot:
+    # Nothing an environment can do may make this import raise: not a
+    # hostile store, not a failed fork, not a tight memory limit.
+    try:
+        return resolve()
+    except Exception as e:
+        return defaults(f"resolving failed: {type(e).__name__}: {e}")
+
+
+_snapshot = _resolve()
 
 USESETEUID: int = _snapshot.values["USESETEUID"]
 HASSETREUID: int = _snapshot.values["HASSETREUID"]

@@ -18,6 +18,7 @@ __all__ = [
     "UidprobeError",
     "UsageError",
     "VerificationError",
+    "WriteError",
 ]
 
 
@@ -33,8 +34,13 @@ class EngineError(UidprobeError, OSError):
     """The engine could not be used at all (no runner where one was required)."""
 
 
-class StoreError(UidprobeError, OSError):
-    """The store (or another file written as root) could not be written safely."""
+class WriteError(UidprobeError, OSError):
+    """A file was not written: the message is one line saying why, naming the
+    component that failed the safe-file rule (CLI exit 73)."""
+
+
+class StoreError(WriteError):
+    """The store could not be written."""
 
 
 class ModelError(UidprobeError, ValueError):

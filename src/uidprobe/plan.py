@@ -29,6 +29,11 @@ class PlannedStep:
     uids: IdPattern | None
     gids: IdPattern | None
     groups: tuple[int, ...] | None
+    #: the filesystem id the call must leave: every set*uid call sets fsuid
+    #: to the new effective uid (Linux), so a C library that leaves it at
+    #: root has not really switched; None: not checked
+    fsuid: int | None = None
+    fsgid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,13 +63,16 @@ def _pattern(t: SymPattern | None, ids: IdSet) -> IdPattern | None:
 
 def _concrete(c: Call, uids: IdSet, gids: IdSet) -> PlannedStep:
     ids_for_args = uids if c.op.family == "uid" else gids
+    uid_pattern, gid_pattern = _pattern(c.uids, uids), _pattern(c.gids, gids)
     return PlannedStep(
         step=Step(c.op, tuple(_resolve(a, ids_for_args) for a in c.args)),
         role=c.role,
         ok=c.ok,
-        uids=_pattern(c.uids, uids),
-        gids=_pattern(c.gids, gids),
+        uids=uid_pattern,
+        gids=gid_pattern,
         groups=None if c.groups is None else tuple(_resolve(g, gids) for g in c.groups),
+        fsuid=uid_pattern[1] if c.op.family == "uid" and uid_pattern else None,
+        fsgid=gid_pattern[1] if c.op.family == "gid" and gid_pattern else None,
     )
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 import contextlib
 import errno as errno_mod
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -296,7 +296,7 @@ def _describe_failure(result: SwitchResult) -> str:
     for what, want, have in (("uid", exp.uids, got.uids), ("gid", exp.gids, got.gids)):
         for label, w, g in zip(("real", "effective", "saved"), want or (None, None, None), have):
             if w is not None and w != g:
-                return f"after {step}: {label} {what} is {g}, should be {w} (read back {what}s {have})"
+                return f"after {step}: {label} {what} is {g}, should be {w} (read back {what}s {tuple(have)})"
     for fs_label, fs_want, fs_got in (("fsuid", exp.fsuid, got.fsuid), ("fsgid", exp.fsgid, got.fsgid)):
         if fs_want is not None and fs_want != fs_got:
             return f"after {step}: {fs_label} is {fs_got}, should be {fs_want}"
@@ -306,7 +306,7 @@ def _describe_failure(result: SwitchResult) -> str:
 
 
 def _held(c: Creds) -> str:
-    return f"uids {c.uids}, gids {c.gids}, groups {c.groups}, fsuid {c.fsuid}, fsgid {c.fsgid}"
+    return f"uids {tuple(c.uids)}, gids {tuple(c.gids)}, groups {c.groups}, fsuid {c.fsuid}, fsgid {c.fsgid}"
 
 
 class _Switch:
@@ -318,6 +318,37 @@ class _Switch:
         self.start = start
         self.forward = forward
         self.back = back
+
+
+class _AsUser:
+    """What ``Switcher.as_user`` returns: a class rather than a generator, so
+    that ``__enter__`` can undo the switch if an exception lands between the
+    switch and the ``with`` block (a generator-based manager would leave it
+    to the garbage collector)."""
+
+    __slots__ = ("_switch", "_switcher")
+
+    def __init__(self, switcher: Switcher, switch: _Switch) -> None:
+        self._switcher = switcher
+        self._switch = switch
+
+    def __enter__(self) -> Identity:
+        try:
+            return self._switcher._enter(self._switch)
+        except BaseException:
+            self._switcher._unwind_attempts()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._switcher._unwind_attempts()
+
+    def __del__(self) -> None:
+        # The safety net for the one unguarded instant (see as_user).  An
+        # __init__ cut short by a signal handler leaves no attributes.
+        switcher = getattr(self, "_switcher", None)
+        if switcher is not None and switcher._active is getattr(self, "_switch", None):
+            with contextlib.suppress(Exception):  # nothing to raise to from here; switched stays True
+                switcher.restore()
 
 
 class Switcher:
@@ -382,13 +413,25 @@ class Switcher:
         # line, restore() knows where to go back to.
         self._active = sw
         result = sw.forward.run()
-        if result.status is SwitchStatus.OK:
-            return _identity(result.now)
-        why = _describe_failure(result)
-        if result.status is SwitchStatus.ROLLED_BACK:
-            self._active = None
-            raise VerificationError(f"{why}; the starting identity was restored")
-        raise VerificationError(f"{why}; and restoring failed too: holding {_held(result.now)}")
+        if result.status is not SwitchStatus.OK:
+            why = _describe_failure(result)
+            if result.status is SwitchStatus.ROLLED_BACK:
+                self._active = None
+                raise VerificationError(f"{why}; the starting identity was restored")
+            raise VerificationError(f"{why}; and restoring failed too: holding {_held(result.now)}")
+        if self._active is not sw:
+            # restore() ran meanwhile (a signal handler, before the C call):
+            # it found nothing to undo and forgot the switch, which then
+            # happened.  Undo it now rather than leave an identity nobody knows.
+            undo = sw.back.run()
+            if undo.status is not SwitchStatus.OK:
+                self._active = sw
+                raise VerificationError(
+                    f"restore() ran while switching, and undoing the switch failed: {_describe_failure(undo)}; "
+                    f"holding {_held(undo.now)}"
+                )
+            raise PrivilegeError("restore() ran while switching (from a signal handler?): the switch was undone")
+        return _identity(result.now)
 
     def become(self, uid: int, gid: int, groups: Iterable[int] = ()) -> Identity:
         """Take ``uid``/``gid``/``groups`` as the effective identity, keeping
@@ -405,14 +448,23 @@ class Switcher:
 
         Safe to call again after it raised, or after an interrupted switch:
         the way back works from the switched identity and from the start.
+        If a step fails, the later ones are still tried (a gid and groups
+        that can be put back are put back), then VerificationError says
+        what is held.
         """
         sw = self._active
         if sw is None:
             raise PrivilegeError("not switched: nothing to restore")
         result = sw.back.run()
-        if result.status is not SwitchStatus.OK:
-            raise VerificationError(f"restoring failed: {_describe_failure(result)}; holding {_held(result.now)}")
-        self._active = None
+        if result.status is SwitchStatus.OK:
+            self._active = None
+            return
+        why = _describe_failure(result)
+        failed = result.failed_step
+        later = sw.back.steps[sw.back.steps.index(failed) + 1 :] if failed is not None else ()
+        for step in later:  # best effort, each on its own: one failure must not stop the rest
+            SwitchPlan([(step, Expect())], [], self.engine).run()
+        raise VerificationError(f"restoring failed: {why}; holding {_held(read_creds(engine=self.engine))}")
 
     def _unwind(self) -> None:
         """Restore, whatever exceptions signal handlers raise meanwhile."""
@@ -427,29 +479,32 @@ class Switcher:
         if pending is not None:
             raise pending
 
-    @contextlib.contextmanager
-    def as_user(self, uid: int, gid: int, groups: Iterable[int] = ()) -> Iterator[Identity]:
-        """``become`` for the duration of a ``with`` block, then ``restore``.
-
-        Whatever exception arrives (from the block, or from a signal handler
-        while switching in or out), the original identity is restored before
-        it propagates, or VerificationError says what is held.
-        """
-        sw = self._plan(uid, gid, groups)
+    def _unwind_attempts(self) -> None:
+        """Three unwinds, each in the finally of the one before: an exception
+        a signal handler raises in the few bytecodes before one reaches its
+        C call (which blocks signals) cannot skip the next.  Each is a no-op
+        once the identity is back."""
         try:
-            yield self._enter(sw)
+            self._unwind()
         finally:
-            # Three attempts, each in the finally of the one before: an
-            # exception a signal handler raises in the few bytecodes before
-            # an attempt reaches its C call (which blocks signals) cannot
-            # skip the next.  Each is a no-op once the identity is back.
             try:
                 self._unwind()
             finally:
-                try:
-                    self._unwind()
-                finally:
-                    self._unwind()
+                self._unwind()
+
+    def as_user(self, uid: int, gid: int, groups: Iterable[int] = ()) -> _AsUser:
+        """``become`` for the duration of a ``with`` block, then ``restore``.
+
+        The targets are checked and the plans made here, before the block.
+        Whatever exception arrives (from the block, or from a signal handler
+        while switching in or out), the original identity is restored before
+        it propagates, or VerificationError says what is held.  The one
+        moment Python cannot guard is the instant the interpreter enters
+        ``__exit__``: an exception a signal handler raises exactly there
+        leaves the switch recorded (``switched`` is True, ``restore()``
+        works), and the context manager restores it when it is freed.
+        """
+        return _AsUser(self, self._plan(uid, gid, groups))
 
     # ---------------------------------------------------------- permanent
 
@@ -489,6 +544,7 @@ class Switcher:
             )
             raise VerificationError(f"{_describe_failure(result)} (dropping with {m.uid}/{m.gid}); {where}")
         _check_no_capabilities(engine)
+        _check_every_thread(uid, gid)
         _check_cannot_regain(engine, attempts)
 
 
@@ -518,17 +574,12 @@ def _check_no_capabilities(engine: Engine) -> None:
     before = read_creds(caps=True, engine=engine).caps
     if before is None:
         return  # no capabilities on this platform
-    clear = SwitchPlan(
-        [
-            (Step(Op.KEEPCAPS, (0,)), Expect()),
-            (Step(Op.AMBIENT_CLEAR, ()), Expect()),
-            (Step(Op.CAPS_CLEAR, ()), Expect()),
-        ],
-        [],
-        engine,
-    ).run()
+    # Each on its own, capset (always allowed) first: a locked securebit
+    # makes PR_SET_KEEPCAPS fail, and that must not stop the rest.
+    for step in (Step(Op.CAPS_CLEAR, ()), Step(Op.KEEPCAPS, (0,)), Step(Op.AMBIENT_CLEAR, ())):
+        SwitchPlan([(step, Expect())], [], engine).run()
     after = read_creds(caps=True, engine=engine).caps
-    cleared = clear.status is SwitchStatus.OK and after is not None and not after.holds_privilege
+    cleared = after is not None and not after.holds_privilege
     if not cleared:
         raise VerificationError(
             f"after the permanent drop the process still holds capabilities "
@@ -540,6 +591,40 @@ def _check_no_capabilities(engine: Engine) -> None:
             "PR_SET_KEEPCAPS or a securebit kept them): they have been cleared now, but whatever set "
             "them expected to keep privilege"
         )
+
+
+def _check_every_thread(uid: int, gid: int) -> None:
+    """Every thread of the process must have dropped too.
+
+    glibc's and musl's set*id wrappers change every thread; a C library (or
+    preload) whose calls change only the calling thread would leave the
+    others root.  The kernel's per-thread accounts in /proc say.  Without
+    /proc only a single-threaded process can be vouched for.
+    """
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        import threading
+
+        if threading.active_count() > 1:
+            raise VerificationError(
+                "cannot check that the other threads dropped too (/proc/self/task is not readable); exit now"
+            ) from None
+        return
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                status = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue  # the thread has exited meanwhile
+        uids = [int(x) for x in status["Uid"].split()]
+        gids = [int(x) for x in status["Gid"].split()]
+        caps = [int(status[k], 16) for k in ("CapPrm", "CapEff", "CapAmb") if k in status]
+        if any(u != uid for u in uids) or any(g != gid for g in gids) or any(caps):
+            raise VerificationError(
+                f"after the permanent drop, thread {tid} still holds uids {uids}, gids {gids}, "
+                f"CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: its C library changes one thread at a time; exit now"
+            )
 
 
 def _regain_attempts(engine: Engine, gid: int) -> list[Step]:

@@ -15,7 +15,14 @@ import time
 from uidprobe import store
 from uidprobe.names import OBSERVED
 
-__all__ = ["Snapshot", "resolve"]
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: see uidprobe/__init__.py
+if TYPE_CHECKING:
+    from typing import Literal
+
+    #: where the values came from
+    Source = Literal["store", "probe", "default"]
+
+__all__ = ["Snapshot", "defaults", "resolve"]
 
 
 class Snapshot:
@@ -26,7 +33,7 @@ class Snapshot:
     def __init__(
         self,
         values: dict[str, int],
-        source: str,  # "store", "probe" or "default"
+        source: Source,
         reason: str,  # one line: why this source
         loaded: store.Loaded,  # what reading the store found, valid or not
         verdicts: dict[str, bool | None],
@@ -88,11 +95,16 @@ def resolve(path: str | None = None, live: bool = True) -> Snapshot:
             verdicts={n: r.verdict for n, r in results.items()},
             reasons={n: r.reason for n, r in results.items()},
         )
+    return defaults(f"store {loaded.reason}; cannot probe: {why_not}", loaded)
+
+
+def defaults(why: str, loaded: store.Loaded | None = None) -> Snapshot:
+    """Every value 0 (the safe answer), saying why."""
     return Snapshot(
         values=dict.fromkeys(OBSERVED, 0),
         source="default",
-        reason=f"every value is 0: store {loaded.reason}; cannot probe: {why_not}",
-        loaded=loaded,
+        reason=f"every value is 0: {why}",
+        loaded=loaded or store.Loaded(store.default_path(), None, "not read"),
         verdicts=dict.fromkeys(OBSERVED),
         reasons=dict.fromkeys(OBSERVED, "undetermined: no valid store and no live probe"),
     )

@@ -24,6 +24,7 @@ import os
 import time
 
 from uidprobe import trust
+from uidprobe.errors import StoreError
 from uidprobe.names import OBSERVED, VERSION
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: see uidprobe/__init__.py
@@ -48,10 +49,6 @@ DEFAULT_PATH = "/var/lib/uidprobe/verdicts"
 ENV_VAR = "UIDPROBE_STORE"
 FORMAT = 1
 MAX_BYTES = 1 << 20  # a store is a few KiB; refuse to parse anything huge
-
-
-class StoreError(trust.WriteError):
-    """The store was not written: the message is one line saying why."""
 
 
 # Plain classes, not dataclasses: reading a store happens at import time of

@@ -40,6 +40,8 @@ from __future__ import annotations
 import os
 import stat
 
+from uidprobe.errors import WriteError
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: see uidprobe/__init__.py
 if TYPE_CHECKING:
     from typing import Literal
@@ -64,10 +66,6 @@ _READ = os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW  # NONBLOCK: belt and braces, ne
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW
 _UNSAFE_DIR_MODE = stat.S_IWGRP | stat.S_IWOTH
-
-
-class WriteError(OSError):
-    """A file was not written: the message is one line saying why (and naming the component)."""
 
 
 class _WalkError(Exception):

@@ -120,6 +120,9 @@ def _mismatch(p: PlannedStep, r: Record) -> tuple[str | None, bool]:
     m, inferred_g = _compare("gid", p.gids, r.gids)
     if m:
         return f"after {p.step}: {m}", inferred_g
+    for label, want, got in (("fsuid", p.fsuid, r.fsuid), ("fsgid", p.fsgid, r.fsgid)):
+        if want is not None and got is not None and want != got:
+            return f"after {p.step}: {label} is {got}, should be {want} (the effective id's)", False
     if p.groups is not None and (r.groups is None or sorted(r.groups) != sorted(p.groups)):
         return f"after {p.step}: groups are {r.groups}, should be {list(p.groups)}", False
     return None, inferred_u or inferred_g
