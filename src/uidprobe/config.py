@@ -36,6 +36,7 @@ HASSETREGID: int = _snapshot.values["HASSETREGID"]
 SETGID_PERMANENT: int = _snapshot.values["SETGID_PERMANENT"]
 HASSETRESGID: int = _snapshot.values["HASSETRESGID"]
 SETGROUPS_CAN_CLEAR: int = _snapshot.values["SETGROUPS_CAN_CLEAR"]
+THREAD_CREDENTIALS: int = _snapshot.values["THREAD_CREDENTIALS"]
 
 #: "store", "probe" or "default"
 SOURCE: str = _snapshot.source

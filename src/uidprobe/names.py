@@ -17,6 +17,7 @@ OBSERVED: tuple[str, ...] = (
     "SETGID_PERMANENT",
     "HASSETRESGID",
     "SETGROUPS_CAN_CLEAR",
+    "THREAD_CREDENTIALS",
 )
 
 #: Declared by sysconf, not probed: shown beside USESETEUID, never a config value.

@@ -34,6 +34,10 @@ class PlannedStep:
     #: root has not really switched; None: not checked
     fsuid: int | None = None
     fsgid: int | None = None
+    #: what the child's second thread must read back (Op.THREAD_START)
+    sibling_uids: IdPattern | None = None
+    sibling_gids: IdPattern | None = None
+    sibling_groups: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,9 @@ def _concrete(c: Call, uids: IdSet, gids: IdSet) -> PlannedStep:
         groups=None if c.groups is None else tuple(_resolve(g, gids) for g in c.groups),
         fsuid=uid_pattern[1] if c.op.family == "uid" and uid_pattern else None,
         fsgid=gid_pattern[1] if c.op.family == "gid" and gid_pattern else None,
+        sibling_uids=_pattern(c.sibling_uids, uids),
+        sibling_gids=_pattern(c.sibling_gids, gids),
+        sibling_groups=None if c.sibling_groups is None else tuple(_resolve(g, gids) for g in c.sibling_groups),
     )
 
 

@@ -79,7 +79,10 @@ class Call:
 
     ``ok`` is whether the call must succeed (True) or fail (False).  ``uids``,
     ``gids`` are the (real, effective, saved) patterns that must be read back;
-    ``groups`` the supplementary group list.  ``None`` means "not checked".
+    ``groups`` the supplementary group list.  ``sibling_uids``,
+    ``sibling_gids`` and ``sibling_groups`` are what a second thread of the
+    child (``Op.THREAD_START``) must read back in that thread.  ``None``
+    means "not checked".
     """
 
     op: Op
@@ -89,6 +92,9 @@ class Call:
     gids: SymPattern | None = None
     groups: tuple[Sym, ...] | None = None
     role: Role = Role.CHECK
+    sibling_uids: SymPattern | None = None
+    sibling_gids: SymPattern | None = None
+    sibling_groups: tuple[Sym, ...] | None = None
 
 
 def call(
@@ -99,9 +105,24 @@ def call(
     gids: SymPattern | None = None,
     groups: tuple[Sym, ...] | None = None,
     role: Role = Role.CHECK,
+    sibling: tuple[SymPattern, SymPattern, tuple[Sym, ...]] | None = None,
 ) -> Call:
-    """``call(Op.SETEUID, A, uids=(U, A, 0))``: the table's shorthand."""
-    return Call(op=op, args=args, ok=ok, uids=uids, gids=gids, groups=groups, role=role)
+    """``call(Op.SETEUID, A, uids=(U, A, 0))``: the table's shorthand.
+
+    ``sibling`` is (uids, gids, groups) the second thread must read back."""
+    su, sg, sgr = sibling if sibling is not None else (None, None, None)
+    return Call(
+        op=op,
+        args=args,
+        ok=ok,
+        uids=uids,
+        gids=gids,
+        groups=groups,
+        role=role,
+        sibling_uids=su,
+        sibling_gids=sg,
+        sibling_groups=sgr,
+    )
 
 
 @dataclass(frozen=True)
@@ -270,6 +291,38 @@ def _t_setgroups() -> Probe:
     )
 
 
+def _t_thread_credentials() -> Probe:
+    # Samba's HAVE_LINUX_THREAD_CREDENTIALS test, read back in both threads:
+    # one thread switches groups, gid and uid with the raw system calls and
+    # back; after every call the other thread must still hold the start.
+    root_u, root_g, start_groups = (U, 0, 0), (U, 0, 0), (U,)
+    sibling = (root_u, root_g, start_groups)
+
+    def step(op: Op, *args: Sym, uids: SymPattern, gids: SymPattern, groups: tuple[Sym, ...]) -> Call:
+        return call(op, *args, uids=uids, gids=gids, groups=groups, sibling=sibling)
+
+    return Probe(
+        name="THREAD_CREDENTIALS",
+        meaning=(
+            "the raw setresuid/setresgid/setgroups system calls change the calling thread only, "
+            "and switch back (per-thread identity)"
+        ),
+        start=Pseudo.SETID_ROOT,
+        calls=(
+            # Raw, so that only the calls under test decide (one thread yet: the process's groups).
+            call(Op.THREAD_SETGROUPS, U, groups=start_groups, role=Role.SETUP),
+            call(Op.THREAD_START, uids=root_u, gids=root_g, groups=start_groups, sibling=sibling, role=Role.SETUP),
+            step(Op.THREAD_SETGROUPS, A, uids=root_u, gids=root_g, groups=(A,)),
+            step(Op.THREAD_SETRESGID, -1, A, -1, uids=root_u, gids=(U, A, 0), groups=(A,)),
+            step(Op.THREAD_SETRESUID, -1, A, -1, uids=(U, A, 0), gids=(U, A, 0), groups=(A,)),
+            step(Op.THREAD_SETRESUID, -1, 0, -1, uids=root_u, gids=(U, A, 0), groups=(A,)),
+            step(Op.THREAD_SETRESGID, -1, 0, -1, uids=root_u, gids=root_g, groups=(A,)),
+            step(Op.THREAD_SETGROUPS, U, uids=root_u, gids=root_g, groups=start_groups),
+        ),
+        needs_groups=True,
+    )
+
+
 PROBES: tuple[Probe, ...] = (
     _t_seteuid(),
     _t_setreuid(),
@@ -280,6 +333,7 @@ PROBES: tuple[Probe, ...] = (
     _t_setgid(),
     _t_setresgid(),
     _t_setgroups(),
+    _t_thread_credentials(),
 )
 
 _BY_NAME = {p.name: p for p in PROBES}

@@ -41,6 +41,10 @@ class TraceLine:
     expect_groups: tuple[int, ...] | None
     record: Record | None  # None: the child never reported this step
     mismatch: str | None  # why the observation broke the requirement
+    #: what the child's second thread had to read back (THREAD_CREDENTIALS)
+    expect_sibling_uids: IdPattern | None = None
+    expect_sibling_gids: IdPattern | None = None
+    expect_sibling_groups: tuple[int, ...] | None = None
 
     def describe(self) -> str:
         """``after seteuid(2): should be real 1 / effective 2 / saved 0, is ...``."""
@@ -57,10 +61,30 @@ class TraceLine:
                 f"groups should be {list(self.expect_groups)}"
                 + (f", are {list(got_groups)}" if got_groups is not None else "")
             )
+        parts += self._describe_sibling()
         result = "not reached" if self.record is None else self.record.describe_result()
         want = "must succeed" if self.expect_ok else "must fail"
         verdict = f"  <-- {self.mismatch}" if self.mismatch else ""
         return f"{self.step} [{self.role.value}, {want}]: {result}; " + "; ".join(parts) + verdict
+
+    def _describe_sibling(self) -> list[str]:
+        r = self.record
+        parts = []
+        for label, exp, got in (
+            ("uid", self.expect_sibling_uids, r and r.sibling_uids),
+            ("gid", self.expect_sibling_gids, r and r.sibling_gids),
+        ):
+            if exp is not None:
+                parts.append(
+                    f"other thread's {label} should be {_fmt(exp, 'any')}" + (f", is {_fmt(got)}" if got else "")
+                )
+        if self.expect_sibling_groups is not None:
+            got_groups = r.sibling_groups if r else None
+            parts.append(
+                f"other thread's groups should be {list(self.expect_sibling_groups)}"
+                + (f", are {list(got_groups)}" if got_groups is not None else "")
+            )
+        return parts
 
 
 @dataclass(frozen=True)
@@ -125,7 +149,27 @@ def _mismatch(p: PlannedStep, r: Record) -> tuple[str | None, bool]:
             return f"after {p.step}: {label} is {got}, should be {want} (the effective id's)", False
     if p.groups is not None and (r.groups is None or sorted(r.groups) != sorted(p.groups)):
         return f"after {p.step}: groups are {r.groups}, should be {list(p.groups)}", False
+    m = _sibling_mismatch(p, r)
+    if m:
+        return f"after {p.step}: {m}", False
     return None, inferred_u or inferred_g
+
+
+def _sibling_mismatch(p: PlannedStep, r: Record) -> str | None:
+    """Why the second thread's read-back breaks the plan, or None."""
+    if p.sibling_uids is None and p.sibling_gids is None and p.sibling_groups is None:
+        return None
+    if r.sibling_uids is None or r.sibling_gids is None:
+        return "the second thread was not read back"
+    for what, want, got in (("uid", p.sibling_uids, r.sibling_uids), ("gid", p.sibling_gids, r.sibling_gids)):
+        m, _ = _compare(what, want, got)
+        if m:
+            return f"in the other thread, {m}"
+    if p.sibling_groups is not None and (
+        r.sibling_groups is None or sorted(r.sibling_groups) != sorted(p.sibling_groups)
+    ):
+        return f"in the other thread, groups are {r.sibling_groups}, should be {list(p.sibling_groups)}"
+    return None
 
 
 def _privileged_refusal(p: PlannedStep, r: Record, before: Record | None) -> bool:
@@ -176,6 +220,9 @@ def evaluate(plan: Plan, outcome: Outcome) -> Result:
                 expect_groups=p.groups,
                 record=r,
                 mismatch=mismatch,
+                expect_sibling_uids=p.sibling_uids,
+                expect_sibling_gids=p.sibling_gids,
+                expect_sibling_groups=p.sibling_groups,
             )
         )
         before = r
