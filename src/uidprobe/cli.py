@@ -60,6 +60,7 @@ EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_CANTCREAT = 73
 EX_IOERR = 74
+EX_SOFTWARE = 70  # an internal error (a bug): the traceback is printed
 EX_NOPERM = 77
 EX_SIGINT = 128 + signal.SIGINT
 EX_SIGTERM = 128 + signal.SIGTERM
@@ -727,13 +728,14 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
 
 # -------------------------------------------------------------- interrupts
 #
-# The work runs in a thread while the main thread waits on it: the engine
-# sits in C for a whole batch (a hanging child costs its timeout), and Python
-# runs signal handlers only in the main thread, between bytecodes.  A waiting
-# main thread runs them at once.  The handler stops and kills every process
-# below this one (runners and probe children: SIGSTOP and SIGKILL cannot be
-# blocked, and a stopped runner cannot fork more), says one line and exits
-# 128 + the signal number, without a traceback and without waiting.
+# The command runs in a forked worker process while this (supervising)
+# process waits for it.  The engine sits in C for a whole batch (a hanging
+# child costs its timeout), and a thread of this process could go on forking
+# probe children while we clean up; a worker process can be frozen instead.
+# On SIGINT or SIGTERM the supervisor stops the worker and every process
+# below it (SIGSTOP cannot be blocked, and a stopped process cannot fork),
+# kills them all with SIGKILL, says one line and exits 128 + the signal
+# number: no traceback, no waiting, nothing left behind.
 
 
 def _children_by_parent() -> dict[int, list[int]]:
@@ -780,7 +782,13 @@ def kill_descendants(root: int | None = None) -> int:
     return len(stopped)
 
 
+_WORKER: list[int] = []  # the worker's pid, in the supervisor
+
+
 def _on_signal(signum: int, frame: object) -> None:
+    if _WORKER:
+        with contextlib.suppress(OSError):
+            os.kill(_WORKER[0], signal.SIGSTOP)  # first: it must not fork any more
     kill_descendants()
     word = "interrupted" if signum == signal.SIGINT else "terminated"
     erase = "\r\033[K" if sys.stderr.isatty() else ""
@@ -788,29 +796,40 @@ def _on_signal(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
-def _in_worker(func: Callable[[], int]) -> int:
-    """``func()`` in a thread, this (main) thread free to handle signals."""
-    box: dict[str, Any] = {}
+def _ignore(signum: int, frame: object) -> None:
+    """In the worker: the supervisor decides (a handler, not SIG_IGN, so that
+    programs the worker starts get the default action back at exec)."""
 
-    def work() -> None:
+
+def _supervise() -> int:
+    """Fork the worker that runs the command; wait for it; pass on its status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _ignore)
+        code = EX_SOFTWARE
         try:
-            box["code"] = func()
-        except BaseException as e:  # handed to the main thread as it is
-            box["error"] = e
+            code = _main(None)
+        except SystemExit as e:  # --help, --version
+            code = e.code if isinstance(e.code, int) else EX_OK if e.code is None else EX_SOFTWARE
+        except BaseException:
+            import traceback
 
-    t = threading.Thread(target=work, name="uidprobe-command", daemon=True)
-    t.start()
-    while t.is_alive():
-        t.join(0.5)  # a timed wait: signal handlers run in between
-    if "error" in box:
-        raise box["error"]
-    return int(box["code"])
-
-
-def _install_handlers() -> dict[int, Any] | None:
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(BaseException):
+                    stream.flush()
+            os._exit(code)
+    _WORKER[:] = [pid]
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _on_signal)
+    _, status = os.waitpid(pid, 0)  # retried after a signal (PEP 475); _on_signal never returns
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
 
 
 def _stdout_failed(e: OSError) -> int:
@@ -825,13 +844,23 @@ def _stdout_failed(e: OSError) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``uidprobe`` script and ``python -m uidprobe``."""
-    previous = _install_handlers()
+    """Entry point of the ``uidprobe`` script and ``python -m uidprobe``.
+
+    As a program (``argv`` None, main thread) the command runs in a
+    supervised worker process, so that SIGINT and SIGTERM end it at once
+    with nothing left running (exit 130, 143); called with ``argv`` (tests,
+    embedding) it runs here, and signals are the caller's business.
+    """
+    if argv is None and threading.current_thread() is threading.main_thread():
+        return _supervise()
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = parse(argv)
         buffer = io.StringIO()  # written out at the end, where a write error is caught
-        command = COMMANDS[args.command]
-        code = _in_worker(lambda: command(args, buffer)) if previous is not None else command(args, buffer)
+        code = COMMANDS[args.command](args, buffer)
         try:
             sys.stdout.write(buffer.getvalue())
             sys.stdout.flush()
@@ -841,7 +870,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         sys.stderr.write(f"uidprobe: error: {e}\n(see 'uidprobe --help')\n")
         return EX_USAGE
-    finally:
-        if previous is not None:
-            for s, h in previous.items():
-                signal.signal(s, h)
