@@ -805,7 +805,10 @@ def _supervise() -> int:
     """Fork the worker that runs the command; wait for it; pass on its status."""
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # EAGAIN under a pids limit: run here, unsupervised
+        return _main(None)
     if pid == 0:
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, _ignore)
