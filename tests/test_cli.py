@@ -179,7 +179,7 @@ def test_fuzzed_arguments_give_a_documented_exit_code_and_no_traceback(args: lis
         args = [a.replace("\x00", "") for a in args]  # argv cannot carry NUL bytes
     p = uidprobe(*args, env={store.ENV_VAR: "/nonexistent/uidprobe.json"})
     assert "Traceback" not in p.stderr
-    assert p.returncode in (cli.EX_OK, cli.EX_FALSE, cli.EX_UNDETERMINED, cli.EX_USAGE)
+    assert p.returncode in (cli.EX_OK, cli.EX_FALSE, cli.EX_UNDETERMINED, cli.EX_NOSTORE, cli.EX_USAGE)
 
 
 # ------------------------------------------------------------- configure
@@ -337,7 +337,7 @@ def test_shell_lines_can_be_sourced(store_dir: Path) -> None:
 def test_export_json_includes_the_source(store_dir: Path) -> None:
     path = stored(store_dir / "v.json", {})
     data = json.loads(uidprobe("export", "json", "--store", str(path)).stdout)
-    assert data == {**dict.fromkeys(OBSERVED, 1), "SOURCE": "store"}
+    assert data == {**dict.fromkeys(OBSERVED, 1), "SOURCE": "store", "schema": "uidprobe-export", "version": 1}
 
 
 def test_export_without_store_and_without_probing_gives_all_zero(store_dir: Path) -> None:

@@ -166,12 +166,19 @@ def get_config_var(name: str) -> int | str | None:
     return config.VARS.get(name)
 
 
-def define_macros() -> list[tuple[str, str | None]]:
+def define_macros(strict: bool | None = None) -> list[tuple[str, str | None]]:
     """``setuptools.Extension(define_macros=...)`` pairs for the values that are 1.
 
     Zero values are left undefined (the autoconf convention), so C code can
     test them with ``#ifdef`` or ``#if``.
+
+    When no value was measured (no valid store, and this process could not
+    probe: ``get_config_var("SOURCE") == "default"``), ``strict=True`` raises
+    ``UidprobeError`` with one line naming the reason; otherwise a
+    ``UserWarning`` says so and every value is 0.  ``strict`` defaults to
+    whether ``$UIDPROBE_STRICT`` is set (to anything but "" or "0"), so a
+    distribution's build can insist without editing setup.py.
     """
     from uidprobe import config
 
-    return config.define_macros()
+    return config.define_macros(strict)

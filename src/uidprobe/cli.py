@@ -3,41 +3,67 @@
 Exit codes are part of the interface (sendmail's test programs answered with
 exit codes, and scripts need the same):
 
-    0   success; for ``check``: the verdict is True
-    1   ``check``: the verdict is False
-    2   ``check``: undetermined
-    1   ``model --diff``: the models differ
+    0   success; ``check``: the verdict is yes; ``show``: a valid, current store
+    1   ``check``: the verdict is no; ``model --diff``: the models differ
+    2   ``check``: undetermined; ``uidprobe``/``probe``: every observed verdict
+        is undetermined; ``model``: some transitions could not run;
+        ``export --strict``: the values would be defaults
+    3   ``show``: no valid, current store (absent, stale, invalid, unsafe)
     64  bad arguments or an unknown probe name (EX_USAGE)
     65  ``model --diff``: a file is not a model (EX_DATAERR)
     66  ``model --diff``: a file cannot be read (EX_NOINPUT)
     73  a path could not be written, or was refused as unsafe (EX_CANTCREAT)
-    77  ``configure`` without root (EX_NOPERM)
+    74  standard output could not be written (EX_IOERR: a full disk, /dev/full)
+    77  ``configure``/``model`` without root (EX_NOPERM)
+    130 interrupted by SIGINT (Ctrl-C); 143 terminated by SIGTERM
+
+Options belong to the subcommands that honour them and may be written
+before or after the subcommand (``uidprobe check X --timeout 5`` and
+``uidprobe --timeout 5 check X``); written on both sides, the one after the
+subcommand wins.  An option given to a subcommand that does not honour it
+(``uidprobe --json check X``) is a usage error, never silently ignored.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import io
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, TextIO
 
+from uidprobe.errors import UsageError
+from uidprobe.exporters import FORMATS as EXPORT_FORMATS
+from uidprobe.exporters import result_dict
 from uidprobe.names import VERSION
 from uidprobe.store import DEFAULT_PATH as DEFAULT_STORE
 
 if TYPE_CHECKING:
+    from uidprobe.engine import Engine
     from uidprobe.resolve import Snapshot
     from uidprobe.verdicts import Result
+
+__all__ = ["EXPORT_FORMATS", "UsageError", "build_parser", "main", "result_dict"]
 
 EX_OK = 0
 EX_FALSE = 1
 EX_UNDETERMINED = 2
+EX_INCOMPLETE = 2  # model: transitions not run; export --strict: defaults
+EX_NOSTORE = 3
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_CANTCREAT = 73
+EX_IOERR = 74
+EX_SOFTWARE = 70  # an internal error (a bug): the traceback is printed
 EX_NOPERM = 77
+EX_SIGINT = 128 + signal.SIGINT
+EX_SIGTERM = 128 + signal.SIGTERM
 
 _EPILOG = """\
 verdicts:
@@ -47,37 +73,46 @@ verdicts:
   undetermined  this process could not test (not root, no CAP_SETUID, a
                 sandbox, unmapped ids); its config value is the safe 0
 
-exit codes: 0 ok (check: yes), 1 check: no (model --diff: differences),
-            2 check: undetermined, 64 bad usage, 65 not a model file,
-            73 cannot write (or refused: unsafe path), 77 needs root
+exit codes: 0 ok (check: yes; show: valid, current store),
+            1 check: no (model --diff: differences),
+            2 check: undetermined; probe: every verdict undetermined;
+              model: transitions not run; export --strict: only defaults,
+            3 show: no valid, current store, 64 bad usage,
+            65 not a model file, 66 cannot read, 73 cannot write (or
+            refused: unsafe path), 74 cannot write standard output,
+            77 needs root, 130 interrupted (Ctrl-C), 143 terminated
 
 examples:
   uidprobe                         probe (as root) and print every verdict
   uidprobe check USESETEUID        exit status answers the question
   uidprobe explain HASSETREUID     each call, what the ids should be and are
   uidprobe configure               install time, as root: probe and persist
+  uidprobe configure --if-stale    the same, only when the store is not valid
   uidprobe show                    what importing programs get, and why
   uidprobe export config-h         #define lines for a C build (also: cflags,
-                                   shell, json)
+                                   shell, json, prometheus)
   uidprobe model --format dot      every uid state and call, as a graph
   uidprobe model --diff a.json b.json   where two systems differ
+
+options may come before or after their subcommand; an option the subcommand
+does not honour is an error (uidprobe --json check X exits 64).
 
 store: {default} unless $UIDPROBE_STORE or --store says otherwise; trusted
 only if it is a regular file and it and every directory above it (symlinks
 included) are owned by root, or by you when your real, effective and saved
 uids are all yours, and not writable by group or others (a root-owned sticky
 directory such as /tmp is fine); and only on the kernel and C library it was
-measured on.  configure and model -o refuse to write where that fails.
+measured on.  configure, export -o and model -o refuse to write where that
+fails.
 """
-
-
-class UsageError(Exception):
-    """Bad input from the user: one line on stderr, exit 64."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
+
+
+# ------------------------------------------------------------ option types
 
 
 def _int_list(text: str, names: str) -> tuple[int, ...]:
@@ -112,16 +147,116 @@ def _timeout(text: str) -> float:
     return value
 
 
-def _probe_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--uids", type=_ids, metavar="U,A,B", help="the ordinary uids the probes switch between")
-    p.add_argument("--gids", type=_ids, metavar="U,A,B", help="the ordinary gids the probes switch between")
-    p.add_argument(
-        "--timeout",
-        type=_timeout,
-        default=2.0,
-        metavar="SECONDS",
-        help="kill a probe child after this long (default 2)",
-    )
+def _runner(text: str) -> str:
+    path = os.path.abspath(text)
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise argparse.ArgumentTypeError(f"runner {text!r} is not an executable file")
+    return path
+
+
+# ------------------------------------------------------------ parent parsers
+#
+# Each group of options is one parent parser, shared by the subcommands that
+# honour it.  The top-level parser carries the default command's groups under
+# "top_" destinations, so that after parsing we can tell an option written
+# before the subcommand from one written after it (argparse would otherwise
+# let the subcommand's default overwrite it: `uidprobe --json show` printed
+# text).  Every default here is None, meaning "not given"; _DEFAULTS fills in.
+
+_DEFAULTS: dict[str, Any] = {
+    "json": False,
+    "color": "auto",
+    "uids": None,
+    "gids": None,
+    "timeout": None,  # the engine's DEFAULT_TIMEOUT
+    "runner": None,
+    "store": None,
+    "quiet": False,
+}
+
+#: option group -> [(flags, dest, add_argument keywords)]
+_GROUPS: dict[str, list[tuple[tuple[str, ...], str, dict[str, Any]]]] = {
+    "json": [(("--json",), "json", {"action": "store_true", "help": "machine-readable output (sorted keys)"})],
+    "color": [
+        (
+            ("--color",),
+            "color",
+            {
+                "choices": ("auto", "always", "never"),
+                "help": "colour the verdicts (default auto: only on a terminal, and not with NO_COLOR)",
+            },
+        )
+    ],
+    "ids": [
+        (
+            ("--uids",),
+            "uids",
+            {"type": _ids, "metavar": "U,A,B", "help": "the ordinary uids to switch between"},
+        ),
+        (
+            ("--gids",),
+            "gids",
+            {"type": _ids, "metavar": "U,A,B", "help": "the ordinary gids to switch between"},
+        ),
+    ],
+    "engine": [
+        (
+            ("--timeout",),
+            "timeout",
+            {"type": _timeout, "metavar": "SECONDS", "help": "kill a probe child after this long (default 2)"},
+        ),
+        (
+            ("--runner",),
+            "runner",
+            {
+                "type": _runner,
+                "metavar": "PATH",
+                "help": "fork the probe children from this runner program (one built against another C "
+                "library, e.g. musl) instead of the installed one; never falls back to forking here",
+            },
+        ),
+    ],
+    "store": [
+        (
+            ("--store",),
+            "store",
+            {"metavar": "PATH", "help": f"the store file (default: $UIDPROBE_STORE or {DEFAULT_STORE})"},
+        )
+    ],
+    "quiet": [
+        (
+            ("-q", "--quiet"),
+            "quiet",
+            {"action": "store_true", "help": "print nothing but errors (no progress line, no result line)"},
+        )
+    ],
+}
+
+#: subcommand -> the option groups it honours
+_COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
+    "probe": ("json", "color", "ids", "engine"),
+    "check": ("ids", "engine", "quiet"),
+    "explain": ("ids", "engine"),
+    "list": (),
+    "configure": ("store", "ids", "engine", "quiet"),
+    "show": ("store", "json"),
+    "export": ("store",),
+    "model": ("engine", "quiet"),
+}
+_DEFAULT_COMMAND = "probe"
+
+
+def _parent(group: str, prefix: str = "") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    for flags, dest, kwargs in _GROUPS[group]:
+        p.add_argument(*flags, dest=prefix + dest, default=None, **kwargs)
+    return p
+
+
+def _command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parents = [_parent(g) for g in _COMMAND_GROUPS[name]]
+    parser: argparse.ArgumentParser = sub.add_parser(name, parents=parents, **kwargs)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,62 +267,74 @@ def build_parser() -> argparse.ArgumentParser:
         "the state of a set-user-ID-root program.",
         epilog=_EPILOG.format(default=DEFAULT_STORE),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_parent(g, "top_") for g in _COMMAND_GROUPS[_DEFAULT_COMMAND]],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
-    parser.add_argument("--json", action="store_true", help="machine-readable output (sorted keys)")
-    parser.add_argument(
-        "--color",
-        choices=("auto", "always", "never"),
-        default="auto",
-        help="colour the verdicts (default: only on a terminal, and not with NO_COLOR)",
-    )
-    _probe_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("probe", help="probe and print the verdicts (the default)")
-    p.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
-    p = sub.add_parser(
+    _command(sub, "probe", help="probe and print the verdicts (the default)")
+    p = _command(
+        sub,
         "check",
         help="exit 0 if NAME is yes, 1 if no, 2 if undetermined",
         description="Probe NAME; the exit status is the answer: 0 yes, 1 no, 2 undetermined.",
     )
     p.add_argument("name", metavar="NAME")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing, only set the exit status")
-    p = sub.add_parser("explain", help="each call of NAME in words, and what decided its verdict")
+    p = _command(sub, "explain", help="each call of NAME in words, and what decided its verdict")
     p.add_argument("name", metavar="NAME")
-    p = sub.add_parser("list", help="the probe names and what each one means")
-
-    p = sub.add_parser(
+    _command(sub, "list", help="the probe names and what each one means")
+    p = _command(
+        sub,
         "configure",
         help="(root, install time) probe and persist the verdicts to the store",
         description="Probe and write the verdicts to the store atomically (mode 0644), "
         "so that importing programs read them instead of probing.  Needs root.",
     )
-    _store_option(p)
-    p = sub.add_parser(
+    p.add_argument(
+        "--if-stale",
+        action="store_true",
+        help="do nothing (exit 0, one line) when the store is already valid and current: "
+        "cheap enough for a boot unit, a cron job or a package hook",
+    )
+    _command(
+        sub,
         "show",
         help="what importing programs get now: values, source, store, age",
         description="Resolve the config values exactly as 'from uidprobe import config' "
-        "does, and say where they came from and why a store was ignored.",
+        "does, and say where they came from and why a store was ignored.  Exit 0 only "
+        "for a valid, current store; 3 otherwise (absent, stale, invalid, unsafe).",
     )
-    _store_option(p)
-    p.add_argument("--json", action="store_true", help="machine-readable output (sorted keys)")
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "export",
-        help="the values for other build systems",
+        help="the values for other build systems and monitoring",
         description="Print the config values (resolved as 'show' does) in FORMAT: "
         "config-h (#define NAME 1 / /* #undef NAME */), cflags (-DNAME=1 for each 1), "
-        "shell (NAME=1 / NAME=0 lines) or json.",
+        "shell (NAME=1 / NAME=0 lines), json, or prometheus (node_exporter textfile "
+        "collector).  When the values are defaults (no valid store, no live probe), "
+        "one warning line goes to stderr, or with --strict the command fails (exit 2).",
     )
     p.add_argument("format", choices=EXPORT_FORMATS, metavar="FORMAT", help="one of: " + ", ".join(EXPORT_FORMATS))
-    _store_option(p)
     p.add_argument("--no-probe", action="store_true", help="never probe live: without a valid store every value is 0")
-    p = sub.add_parser(
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 2, one line) instead of exporting default values",
+    )
+    p.add_argument(
+        "--explicit",
+        action="store_true",
+        help="config-h only: '#define NAME 0' for no and undetermined too (meson's set10 style)",
+    )
+    _output_option(p)
+    p = _command(
+        sub,
         "model",
         help="the full transition model: every id state and call",
         description="Measure every (real, effective, saved) state over the ids {0, A, B} "
         "against every setuid/seteuid/setreuid/setresuid call (2,376 transitions, one "
-        "child each), or the gid twins with --gid.  Or compare two saved models.",
+        "child each), or the gid twins with --gid.  Or compare two saved models.  Exit 2 "
+        "when some transitions could not run (the output says which).",
     )
     p.add_argument("--gid", action="store_true", help="the gid model (made by a process with uids A)")
     p.add_argument(
@@ -196,13 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="summary",
         help="summary (default), json (versioned schema) or dot (Graphviz)",
     )
-    p.add_argument(
-        "-o",
-        "--output",
-        metavar="FILE",
-        help="write FILE (atomically; refused through a symlink or into an unsafe directory) "
-        "instead of standard output ('-')",
-    )
+    _output_option(p)
     p.add_argument("--ids", type=_pair, default=(2, 3), metavar="A,B", help="the ids behind A and B (default 2,3)")
     p.add_argument(
         "--diff",
@@ -213,8 +354,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _store_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", metavar="PATH", help=f"the store file (default: $UIDPROBE_STORE or {DEFAULT_STORE})")
+def _output_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write FILE (atomically; refused through a symlink or into an unsafe directory) "
+        "instead of standard output ('-')",
+    )
+
+
+def _flag(dest: str) -> str:
+    for group in _GROUPS.values():
+        for flags, d, _ in group:
+            if d == dest:
+                return flags[-1]
+    return "--" + dest
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, then merge the options written before the subcommand into it."""
+    args = build_parser().parse_args(argv)
+    args.command = args.command or _DEFAULT_COMMAND
+    honoured = {d for g in _COMMAND_GROUPS[args.command] for _, d, _ in _GROUPS[g]}
+    for dest, default in _DEFAULTS.items():
+        before = getattr(args, "top_" + dest, None)
+        if hasattr(args, "top_" + dest):
+            delattr(args, "top_" + dest)
+        if before is not None and dest not in honoured:
+            raise UsageError(f"{_flag(dest)} does not apply to '{args.command}'")
+        if dest not in honoured:
+            continue
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, before if before is not None else default)
+    return args
 
 
 # ------------------------------------------------------------------ output
@@ -233,19 +406,6 @@ def _paint(word: str, verdict: bool | None, color: bool) -> str:
         return word
     code = {True: "32", False: "31", None: "33"}[verdict]
     return f"\033[{code}m{word}\033[0m"
-
-
-def result_dict(r: Result) -> dict[str, Any]:
-    """A Result as JSON-ready data (also the store's per-result shape)."""
-    return {
-        "name": r.name,
-        "verdict": r.verdict,
-        "value": r.value,
-        "reason": r.reason,
-        "kind": r.kind,
-        "meaning": r.meaning,
-        "trace": [line.describe() for line in r.trace],
-    }
 
 
 def print_table(results: dict[str, Result], color: bool, out: TextIO) -> None:
@@ -267,25 +427,96 @@ def explain(r: Result, out: TextIO) -> None:
         out.write(f"  {i:2}. {line.describe()}\n")
 
 
+def _warn(text: str) -> None:
+    sys.stderr.write(f"uidprobe: {text}\n")
+
+
+class Progress:
+    """One self-erasing line on stderr: count, rate, time left.
+
+    Only on a terminal and without --quiet; at most ten redraws a second.
+    """
+
+    def __init__(self, what: str, enabled: bool, stream: TextIO | None = None) -> None:
+        self.what = what
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and self.stream.isatty()
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if done < total and now - self.last < 0.1:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-6)
+        rate = done / elapsed
+        left = (total - done) / rate if rate > 0 else float("inf")
+        eta = f"{left:.0f} s left" if left != float("inf") else "time left unknown"
+        pct = 100 * done // max(total, 1)
+        self.stream.write(f"\r\033[K{self.what}: {done}/{total} ({pct}%), {rate:.0f}/s, {eta}")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
 # ---------------------------------------------------------------- commands
+
+
+def _engine(args: argparse.Namespace) -> Engine | None:
+    """The engine to use: the installed one, or one pinned to --runner."""
+    if args.runner is None:
+        return None
+    from uidprobe.engine import Engine, Transport
+
+    class PinnedRunner(Engine):
+        """Every batch through the chosen runner: never a silent fork from here."""
+
+        def run_batch(self, scenarios: Any, timeout: float = 2.0, via: Any = None, jobs: int = 1) -> Any:
+            return super().run_batch(scenarios, timeout, Transport.SPAWN, jobs)
+
+    return PinnedRunner(None, runner=args.runner)
+
+
+def _timeout_of(args: argparse.Namespace) -> float:
+    from uidprobe.engine import DEFAULT_TIMEOUT
+
+    return float(args.timeout) if args.timeout is not None else DEFAULT_TIMEOUT
 
 
 def _run(args: argparse.Namespace, names: Sequence[str] | None) -> dict[str, Result]:
     from uidprobe import suite
 
     try:
-        return suite.run(names, uids=args.uids, gids=args.gids, timeout=args.timeout)
+        return suite.run(names, uids=args.uids, gids=args.gids, timeout=_timeout_of(args), engine=_engine(args))
     except ValueError as e:
         raise UsageError(str(e)) from None
 
 
+def _all_undetermined(results: dict[str, Result]) -> bool:
+    observed = [r for r in results.values() if r.kind == "observed"]
+    return bool(observed) and all(r.verdict is None for r in observed)
+
+
 def cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
+    from uidprobe.exporters import dumps, verdicts_doc
+
     results = _run(args, None)
     if args.json:
-        json.dump({n: result_dict(r) for n, r in results.items()}, out, indent=2, sort_keys=True)
-        out.write("\n")
+        out.write(dumps(verdicts_doc(results)))
     else:
         print_table(results, _use_color(args.color, out), out)
+    if _all_undetermined(results):
+        _warn("every verdict is undetermined: this process could not test (see the reasons)")
+        return EX_UNDETERMINED
     return EX_OK
 
 
@@ -313,13 +544,19 @@ def cmd_list(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_configure(args: argparse.Namespace, out: TextIO) -> int:
     from uidprobe import store
 
+    path = args.store or store.default_path()
+    if args.if_stale:
+        loaded = store.load(path)
+        if loaded.valid:
+            if not args.quiet:
+                out.write(f"{path} is valid and current; nothing to do\n")
+            return EX_OK
     if os.geteuid() != 0:
-        sys.stderr.write(
-            f"uidprobe: configure must run as root (euid is {os.geteuid()}): the probes start from a "
-            "set-user-ID-root state and the store is read by root processes; nothing was written\n"
+        _warn(
+            f"configure must run as root (euid is {os.geteuid()}): the probes start from a "
+            "set-user-ID-root state and the store is read by root processes; nothing was written"
         )
         return EX_NOPERM
-    path = args.store or store.default_path()
     try:
         store.check_writable(path)  # refuse before forking a single probe child
         results = _run(args, None)
@@ -327,9 +564,10 @@ def cmd_configure(args: argparse.Namespace, out: TextIO) -> int:
     except store.StoreError as e:
         return _cannot_write(path, e)
     undetermined = [n for n, r in results.items() if r.verdict is None and r.kind == "observed"]
-    out.write(f"wrote {len(results) - 1} verdicts to {path}\n")
+    if not args.quiet:
+        out.write(f"wrote {len(results) - 1} verdicts to {path}\n")
     if undetermined:
-        out.write(f"warning: undetermined (stored as 0): {', '.join(undetermined)}; see 'uidprobe explain NAME'\n")
+        _warn(f"warning: undetermined (stored as 0): {', '.join(undetermined)}; see 'uidprobe explain NAME'")
     return EX_OK
 
 
@@ -348,26 +586,14 @@ def _snapshot(args: argparse.Namespace, live: bool = True) -> Snapshot:
 
 
 def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
+    from uidprobe.exporters import dumps, show_doc
+
     snap = _snapshot(args)
     loaded = snap.loaded
+    code = EX_OK if loaded.valid and snap.source == "store" else EX_NOSTORE
     if args.json:
-        doc = {
-            "source": snap.source,
-            "reason": snap.reason,
-            "store": {
-                "path": loaded.path,
-                "status": loaded.reason,
-                "valid": loaded.valid,
-                "fingerprint": loaded.fingerprint,
-                "created": loaded.created,
-                "age_seconds": snap.age,
-            },
-            "values": snap.values,
-            "verdicts": snap.verdicts,
-        }
-        json.dump(doc, out, indent=2, sort_keys=True)
-        out.write("\n")
-        return EX_OK
+        out.write(dumps(show_doc(snap)))
+        return code
     out.write(f"source:      {snap.source} ({snap.reason})\n")
     out.write(f"store:       {loaded.path}: {loaded.reason}\n")
     if loaded.fingerprint:
@@ -378,45 +604,46 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     width = max(len(n) for n in snap.values)
     for name, value in snap.values.items():
         out.write(f"  {name:<{width}} = {value}   ({snap.reasons[name]})\n")
-    return EX_OK
+    return code
 
 
-EXPORT_FORMATS = ("config-h", "cflags", "shell", "json")
+def render(fmt: str, snap: Snapshot, explicit: bool = False) -> str:
+    """The values in one of EXPORT_FORMATS (see uidprobe.exporters)."""
+    from uidprobe.exporters import render as _render
 
-
-def render(fmt: str, snap: Snapshot) -> str:
-    """The values in one of EXPORT_FORMATS."""
-    v = snap.values
-    if fmt == "cflags":
-        return " ".join(f"-D{n}=1" for n, x in v.items() if x) + "\n"
-    if fmt == "shell":
-        return "".join(f"{n}={x}\n" for n, x in v.items())
-    if fmt == "json":
-        return json.dumps({**v, "SOURCE": snap.source}, indent=2, sort_keys=True) + "\n"
-    from uidprobe import __version__
-
-    def comment(text: str) -> str:
-        return "/* " + text.replace("*/", "* /") + " */"  # a reason must not end the comment
-
-    lines = [
-        comment(f"uidprobe {__version__}: probed set*id behaviour"),
-        comment(f"source: {snap.source}; {snap.reason}"),
-        "",
-    ]
-    for n, x in v.items():
-        lines.append(comment(f"{n}: {snap.reasons[n]}"))
-        lines.append(f"#define {n} 1" if x else f"/* #undef {n} */")
-    return "\n".join(lines) + "\n"
+    return _render(fmt, snap, explicit=explicit)
 
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
-    out.write(render(args.format, _snapshot(args, live=not args.no_probe)))
-    return EX_OK
+    if args.explicit and args.format != "config-h":
+        raise UsageError(f"--explicit applies only to config-h, not {args.format}")
+    if (code := _check_output(args.output)) is not None:
+        return code
+    snap = _snapshot(args, live=not args.no_probe)
+    if snap.source == "default":
+        if args.strict:
+            _warn(f"strict: no measured values, only defaults: {snap.reason}")
+            return EX_INCOMPLETE
+        _warn(f"warning: exporting defaults (every value 0): {snap.reason}")
+    return _write_output(args.output, render(args.format, snap, args.explicit), out)
 
 
 def _cannot_write(path: str, e: OSError) -> int:
-    sys.stderr.write(f"uidprobe: cannot write {path}: {e}\n")
+    _warn(f"cannot write {path}: {e}")
     return EX_CANTCREAT
+
+
+def _check_output(path: str | None) -> int | None:
+    """EX_CANTCREAT now (before any probing) if -o FILE would be refused."""
+    if path in (None, "-"):
+        return None
+    from uidprobe import trust
+
+    try:
+        trust.check_writable(str(path))
+    except trust.WriteError as e:
+        return _cannot_write(str(path), e)
+    return None
 
 
 def _write_output(path: str | None, text: str, out: TextIO) -> int:
@@ -435,6 +662,8 @@ def _write_output(path: str | None, text: str, out: TextIO) -> int:
 
 
 def cmd_model(args: argparse.Namespace, out: TextIO) -> int:
+    import json
+
     from uidprobe import model
     from uidprobe.ids import Family
     from uidprobe.process import read_state
@@ -443,10 +672,10 @@ def cmd_model(args: argparse.Namespace, out: TextIO) -> int:
         try:
             a, b = (model.load(p) for p in args.diff)
         except model.ModelError as e:
-            sys.stderr.write(f"uidprobe: {e}\n")
+            _warn(str(e))
             return EX_DATAERR
         except OSError as e:
-            sys.stderr.write(f"uidprobe: cannot read {e.filename}: {e.strerror}\n")
+            _warn(f"cannot read {e.filename}: {e.strerror}")
             return EX_NOINPUT
         lines = model.diff(a, b)
         out.write("".join(line + "\n" for line in lines))
@@ -455,26 +684,34 @@ def cmd_model(args: argparse.Namespace, out: TextIO) -> int:
     family = Family.GID if args.gid else Family.UID
     why = read_state().cannot_switch(family)
     if why:
-        sys.stderr.write(f"uidprobe: the model needs root to establish each state; {why}\n")
+        _warn(f"the model needs root to establish each state; {why}")
         return EX_NOPERM
-    if args.output not in (None, "-"):
-        from uidprobe import trust
-
-        try:
-            trust.check_writable(args.output)  # refuse before 2,376 forks, not after
-        except trust.WriteError as e:
-            return _cannot_write(args.output, e)
+    if (code := _check_output(args.output)) is not None:
+        return code  # refused before 2,376 forks, not after
+    progress = Progress(f"{family.value} model", enabled=not args.quiet)
     try:
-        m = model.build(family, a=args.ids[0], b=args.ids[1], timeout=args.timeout)
+        m = model.build(
+            family, a=args.ids[0], b=args.ids[1], timeout=_timeout_of(args), engine=_engine(args), progress=progress
+        )
     except ValueError as e:
         raise UsageError(str(e)) from None
+    finally:
+        progress.clear()
     if args.format == "json":
         text = json.dumps(m.to_json(), indent=1, sort_keys=True) + "\n"
     elif args.format == "dot":
         text = model.to_dot(m)
     else:
         text = model.summary(m)
-    return _write_output(args.output, text, out)
+    code = _write_output(args.output, text, out)
+    not_run = [t for t in m.transitions if t.ret is None]
+    if code == EX_OK and not_run:
+        _warn(
+            f"{len(not_run)} of {len(m.transitions)} transitions could not run "
+            f"(first: from ({','.join(not_run[0].start)}) {not_run[0].describe()}: {not_run[0].note})"
+        )
+        return EX_INCOMPLETE
+    return code
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
@@ -489,17 +726,150 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``uidprobe`` script and ``python -m uidprobe``."""
-    parser = build_parser()
+# -------------------------------------------------------------- interrupts
+#
+# The command runs in a forked worker process while this (supervising)
+# process waits for it.  The engine sits in C for a whole batch (a hanging
+# child costs its timeout), and a thread of this process could go on forking
+# probe children while we clean up; a worker process can be frozen instead.
+# On SIGINT or SIGTERM the supervisor stops the worker and every process
+# below it (SIGSTOP cannot be blocked, and a stopped process cannot fork),
+# kills them all with SIGKILL, says one line and exits 128 + the signal
+# number: no traceback, no waiting, nothing left behind.
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
     try:
-        args = parser.parse_args(argv)
-        return COMMANDS[args.command or "probe"](args, sys.stdout)
+        names = os.listdir("/proc")
+    except OSError:
+        return tree
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+            ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        tree.setdefault(ppid, []).append(int(name))
+    return tree
+
+
+def kill_descendants(root: int | None = None) -> int:
+    """SIGSTOP every descendant of ``root`` (default: this process) until no
+    new one appears, then SIGKILL them all.  Returns how many were killed."""
+    root = os.getpid() if root is None else root
+    stopped: set[int] = set()
+    for _ in range(50):
+        tree = _children_by_parent()
+        todo, found = [root], []
+        while todo:
+            for child in tree.get(todo.pop(), ()):
+                found.append(child)
+                todo.append(child)
+        new = [p for p in found if p not in stopped]
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(OSError):  # gone already
+                os.kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+    for pid in stopped:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return len(stopped)
+
+
+_WORKER: list[int] = []  # the worker's pid, in the supervisor
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    if _WORKER:
+        with contextlib.suppress(OSError):
+            os.kill(_WORKER[0], signal.SIGSTOP)  # first: it must not fork any more
+    kill_descendants()
+    word = "interrupted" if signum == signal.SIGINT else "terminated"
+    erase = "\r\033[K" if sys.stderr.isatty() else ""
+    os.write(2, f"{erase}uidprobe: {word} by {signal.Signals(signum).name}; nothing left running\n".encode())
+    os._exit(128 + signum)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """In the worker: the supervisor decides (a handler, not SIG_IGN, so that
+    programs the worker starts get the default action back at exec)."""
+
+
+def _supervise() -> int:
+    """Fork the worker that runs the command; wait for it; pass on its status."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError:  # EAGAIN under a pids limit: run here, unsupervised
+        return _main(None)
+    if pid == 0:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, _ignore)
+        code = EX_SOFTWARE
+        try:
+            code = _main(None)
+        except SystemExit as e:  # --help, --version
+            code = e.code if isinstance(e.code, int) else EX_OK if e.code is None else EX_SOFTWARE
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(BaseException):
+                    stream.flush()
+            os._exit(code)
+    _WORKER[:] = [pid]
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _on_signal)
+    _, status = os.waitpid(pid, 0)  # retried after a signal (PEP 475); _on_signal never returns
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _stdout_failed(e: OSError) -> int:
+    # Keep Python from failing again when it flushes stdout at exit.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    if isinstance(e, BrokenPipeError):
+        return EX_OK  # `uidprobe | head`: not an error of ours
+    _warn(f"cannot write standard output: {e.strerror or e}")
+    return EX_IOERR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``uidprobe`` script and ``python -m uidprobe``.
+
+    As a program (``argv`` None, main thread) the command runs in a
+    supervised worker process, so that SIGINT and SIGTERM end it at once
+    with nothing left running (exit 130, 143); called with ``argv`` (tests,
+    embedding) it runs here, and signals are the caller's business.
+    """
+    if argv is None and threading.current_thread() is threading.main_thread():
+        return _supervise()
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        args = parse(argv)
+        buffer = io.StringIO()  # written out at the end, where a write error is caught
+        code = COMMANDS[args.command](args, buffer)
+        try:
+            sys.stdout.write(buffer.getvalue())
+            sys.stdout.flush()
+        except OSError as e:
+            return _stdout_failed(e)
+        return code
     except UsageError as e:
         sys.stderr.write(f"uidprobe: error: {e}\n(see 'uidprobe --help')\n")
         return EX_USAGE
-    except BrokenPipeError:
-        # `uidprobe | head`: not an error of ours; keep Python from complaining at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EX_OK

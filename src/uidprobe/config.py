@@ -51,6 +51,34 @@ FINGERPRINT: dict[str, object] | None = _snapshot.loaded.fingerprint if SOURCE =
 VARS: dict[str, int | str | None] = {**_snapshot.values, "SOURCE": SOURCE}
 
 
-def define_macros() -> list[tuple[str, str | None]]:
-    """``(name, "1")`` for each value that is 1; zeros stay undefined."""
+#: Set in the environment (to anything but "" or "0"), makes define_macros() strict by default.
+STRICT_ENV = "UIDPROBE_STRICT"
+
+
+def check_measured() -> None:
+    """Raise UidprobeError (one line, with the reason) when the values are
+    defaults (``SOURCE == "default"``): no valid store and no live probe."""
+    if SOURCE == "default":
+        from uidprobe.errors import UidprobeError
+
+        raise UidprobeError(f"uidprobe: strict: no measured values, only defaults: {REASON}")
+
+
+def define_macros(strict: bool | None = None) -> list[tuple[str, str | None]]:
+    """``(name, "1")`` for each value that is 1; zeros stay undefined.
+
+    When the values are defaults: with ``strict`` (default: whether
+    ``$UIDPROBE_STRICT`` is set) raise UidprobeError; otherwise warn once per
+    call with a UserWarning that says why.
+    """
+    import os
+
+    if strict is None:
+        strict = os.environ.get(STRICT_ENV, "") not in ("", "0")
+    if strict:
+        check_measured()
+    elif SOURCE == "default":
+        import warnings
+
+        warnings.warn(f"uidprobe: every value is 0 (defaults, not measured): {REASON}", UserWarning, stacklevel=3)
     return [(n, "1") for n, v in _snapshot.values.items() if v]

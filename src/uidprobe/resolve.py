@@ -2,7 +2,10 @@
 
 1. A valid store (written by ``uidprobe configure``): no C extension, no fork.
 2. No valid store, but this process may switch ids: probe live, in memory
-   (nothing is written at import).
+   (nothing is written at import), within LIVE_TIMEOUT seconds per child:
+   about 2 s in all at worst (ten children: nine probes and one feature
+   check), when every child hangs; a child that overruns is killed and its
+   verdict is undetermined, so its value is the safe 0.
 3. Otherwise every value is 0 ("default"), with the reason.
 
 Never 1 without evidence, and never an exception because of a store.
@@ -22,7 +25,11 @@ if TYPE_CHECKING:
     #: where the values came from
     Source = Literal["store", "probe", "default"]
 
-__all__ = ["Snapshot", "defaults", "resolve"]
+__all__ = ["LIVE_TIMEOUT", "Snapshot", "defaults", "resolve"]
+
+#: Seconds each child of an import-time live probe may take (a healthy one
+#: takes well under a millisecond); the whole live probe is bounded by ten of them.
+LIVE_TIMEOUT = 0.2
 
 
 class Snapshot:
@@ -83,7 +90,7 @@ def resolve(path: str | None = None, live: bool = True) -> Snapshot:
         from uidprobe import suite
 
         try:
-            results = suite.run(list(OBSERVED))
+            results = suite.run(list(OBSERVED), timeout=LIVE_TIMEOUT)
         except Exception as e:  # import must never fail because of the environment
             why_not = f"live probing failed: {type(e).__name__}: {e}"
     if why_not is None:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import errno as errno_mod
 import os
+from collections.abc import Callable
 
 from uidprobe.engine import DEFAULT_TIMEOUT, Engine, Features, Op, Outcome, Step, Transport, default_engine
 from uidprobe.ids import Family, validate_ids
 from uidprobe.model.data import DEFAULT_A, DEFAULT_B, Model, State, Transition, all_calls, all_states, num, sym
 
-__all__ = ["build"]
+__all__ = ["CHUNK_STATES", "build"]
+
+#: States measured per engine call when progress is reported (88 children each).
+CHUNK_STATES = 1
 
 
 def _setup(family: Family, state: State, ids: dict[str, int], feats: Features) -> list[Step]:
@@ -55,10 +59,14 @@ def build(
     engine: Engine | None = None,
     via: Transport | str = Transport.AUTO,
     jobs: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Model:
     """Measure the model: one child per (state, call).
 
     ``jobs`` runners work at once (default: one per CPU, at most 4).
+    ``progress(done, total)``, if given, is called after each group of
+    CHUNK_STATES states (the children then run in one engine call per group
+    instead of one for the whole model; the results are the same).
     """
     try:
         family = Family(family)
@@ -81,7 +89,12 @@ def build(
             work.append([*setup, Step(op, tuple(num(x, ids) for x in args))])
     if jobs is None:
         jobs = min(4, os.cpu_count() or 1)
-    outcomes = eng.run_batch(work, timeout, via, jobs)
+    chunk = len(work) if progress is None else CHUNK_STATES * len(calls)
+    outcomes: list[Outcome] = []
+    for lo in range(0, len(work), chunk):
+        outcomes += eng.run_batch(work[lo : lo + chunk], timeout, via, jobs)
+        if progress is not None:
+            progress(len(outcomes), len(work))
 
     state_why: dict[State, str | None] = {}
     transitions = []
