@@ -504,14 +504,59 @@ static int same_identity(const struct up_creds *a, const struct up_creds *b)
     return same_set(a->groups, a->ngroups, b->groups, b->ngroups);
 }
 
-// The calling thread's identity for up_switch(): the kernel's view only
-// (the C library's answer is not compared, and skipping it halves the cost).
-static void switch_creds(struct up_creds *c)
+// What an expectation looks at: the reads up_switch() must make after a step.
+enum { NEED_UIDS = 1, NEED_GIDS = 2, NEED_GROUPS = 4, NEED_ALL = 7 };
+
+static int needs(const struct up_expect *e)
 {
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        if (e->uid[i] != UP_ANY)
+            n |= NEED_UIDS;
+        if (e->gid[i] != UP_ANY)
+            n |= NEED_GIDS;
+    }
+    if (e->fsuid != UP_ANY)
+        n |= NEED_UIDS;
+    if (e->fsgid != UP_ANY)
+        n |= NEED_GIDS;
+    if (e->groups_count >= 0)
+        n |= NEED_GROUPS;
+    return n;
+}
+
+// The calling thread's identity for up_switch(): the kernel's view only
+// (the C library's answer is not compared), and only the families `need`
+// names (the others are UP_ID_UNKNOWN, groups -1): an expectation about
+// the uids alone costs two system calls, not five.
+static void switch_creds(struct up_creds *c, int need)
+{
+#ifdef __linux__
+    for (int i = 0; i < 3; i++)
+        c->uid[i] = c->gid[i] = c->libc_uid[i] = c->libc_gid[i] = UP_ID_UNKNOWN;
+    c->fsuid = c->fsgid = UP_ID_UNKNOWN;
+    if (need & NEED_UIDS) {
+        uid_t u[3];
+        if (up_sys(UP_SYS_GETRESUID, (long)&u[0], (long)&u[1], (long)&u[2], 0, 0) == 0)
+            for (int i = 0; i < 3; i++)
+                c->uid[i] = u[i];
+        c->fsuid = (long long)(uid_t)up_sys(UP_SYS_SETFSUID, (long)(uid_t)-1, 0, 0, 0, 0);
+    }
+    if (need & NEED_GIDS) {
+        gid_t g[3];
+        if (up_sys(UP_SYS_GETRESGID, (long)&g[0], (long)&g[1], (long)&g[2], 0, 0) == 0)
+            for (int i = 0; i < 3; i++)
+                c->gid[i] = g[i];
+        c->fsgid = (long long)(gid_t)up_sys(UP_SYS_SETFSGID, (long)(gid_t)-1, 0, 0, 0, 0);
+    }
+#else
+    (void)need;
     kernel_ids(c->uid, c->gid, &c->fsuid, &c->fsgid);
-    c->ngroups = kernel_groups(c->groups, UP_SWITCH_MAX_GROUPS);
     for (int i = 0; i < 3; i++)
         c->libc_uid[i] = c->libc_gid[i] = UP_ID_UNKNOWN;
+    need |= NEED_GROUPS;
+#endif
+    c->ngroups = need & NEED_GROUPS ? kernel_groups(c->groups, UP_SWITCH_MAX_GROUPS) : -1;
     c->caps_known = 0;
 }
 
@@ -547,7 +592,7 @@ int up_switch(const struct up_step *steps, const struct up_expect *expect, int n
     pthread_sigmask(SIG_BLOCK, &all, &old);
     int have_start = nundo > 0 || start != NULL;
     if (have_start)
-        switch_creds(&res->start);
+        switch_creds(&res->start, NEED_ALL);
     if (start != NULL && !matches(start, &res->start, pool, npool)) {
         res->now = res->start;
         res->status = UP_SWITCH_NOT_AT_START;
@@ -558,7 +603,7 @@ int up_switch(const struct up_step *steps, const struct up_expect *expect, int n
         errno = 0;
         int ret = up_do_step(&steps[i], pool, npool);
         int err = ret == -1 ? errno : 0;
-        switch_creds(&res->after);
+        switch_creds(&res->after, needs(&expect[i]));
         if (ret == 0 && matches(&expect[i], &res->after, pool, npool))
             continue;
         // First failure or mismatch: undo, whatever each undo call says,
@@ -569,20 +614,18 @@ int up_switch(const struct up_step *steps, const struct up_expect *expect, int n
         res->err = err;
         for (int j = 0; j < nundo; j++)
             (void)up_do_step(&undo[j], pool, npool);
-        if (nundo > 0)
-            switch_creds(&res->now);
-        else
-            res->now = res->after;
+        switch_creds(&res->now, NEED_ALL);
         res->status = have_start && same_identity(&res->now, &res->start) ? UP_SWITCH_ROLLED_BACK : UP_SWITCH_STUCK;
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         return res->status;
     }
-    if (nsteps > 0)
+    // What the thread holds: the last read when it was complete.
+    if (nsteps > 0 && needs(&expect[nsteps - 1]) == NEED_ALL)
         res->now = res->after;
-    else if (have_start)
+    else if (nsteps == 0 && have_start)
         res->now = res->start;
     else
-        switch_creds(&res->now);
+        switch_creds(&res->now, NEED_ALL);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return res->status;
 }

@@ -36,22 +36,49 @@ effective and ambient sets must be empty and keepcaps off.  If they are not
 VerificationError says so.  Then a forked child tries every way back to root,
 capset-then-setuid included, and any success raises.
 
-Threads: on Linux the kernel keeps credentials per thread, but the C
-library's set*id wrappers (glibc's and musl's) change every thread of the
-process.  So a switch made here applies to all threads at once, and another
-thread doing file I/O meanwhile does it with the switched identity.  Switch
-only when no other thread relies on the identity, or from a single-threaded
-process.
+Threads and scope: on Linux the kernel keeps credentials per thread, but the
+C library's set*id wrappers (glibc's and musl's) change every thread of the
+process.  So with ``Switcher()`` (``scope="process"``, the default) a switch
+applies to all threads at once, another thread doing file I/O meanwhile does
+it with the switched identity, and the cost grows with the thread count.
+
+``Switcher(scope="thread")`` switches only the calling thread, with the raw
+setresuid/setresgid/setgroups system calls (Samba's "thread credentials"),
+and verifies by reading back the calling thread's ids.  It needs the
+THREAD_CREDENTIALS verdict to be 1 (NoMechanismError naming it otherwise).
+One Switcher may be shared by threads: each thread has its own switch.
+While a thread is switched this way:
+
+- other threads keep their own identity (root stays root there), so they
+  may rely on it;
+- nothing may call the C library's set*id functions (``os.setuid``,
+  ``os.setresuid``, ``os.setgroups``, a process-scope Switcher, a library
+  that drops privileges): the C library applies its change to every thread,
+  overwriting the per-thread identities;
+- work handed to another thread (a pool, an executor, asyncio) runs as that
+  thread, not as the switched user; but a thread *started* from a switched
+  thread, and a child process (``subprocess``, ``os.fork``) started from
+  one, start with its switched identity (the kernel copies the creator's):
+  start worker threads before switching;
+- /proc/self/status describes the main thread only; open files stay usable
+  by every thread, whoever opened them;
+- ``drop_permanently`` is process-wide by nature and refuses to run from a
+  thread-scoped Switcher: use ``Switcher()`` for it, after every thread
+  has restored.
+
+Cost: every switch plan is cached (a few per thread, keyed by the targets and
+checked against the identity it starts from inside the C call), so a
+verified ``as_user`` + restore is two calls into C.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno as errno_mod
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 from uidprobe.creds import Caps, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
 from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, default_engine
@@ -64,6 +91,7 @@ __all__ = [
     "Mechanism",
     "NoMechanismError",
     "PrivilegeError",
+    "Scope",
     "Switcher",
     "VerificationError",
     "choose_mechanism",
@@ -138,9 +166,14 @@ def _check_id(value: object, what: str) -> int:
     return value
 
 
+_NGROUPS_MAX: list[int] = []  # sysconf costs microseconds: asked once
+
+
 def _check_groups(groups: Iterable[int]) -> tuple[int, ...]:
-    listed = tuple(_check_id(g, "supplementary group") for g in groups)
-    limit = min(os.sysconf("SC_NGROUPS_MAX"), MAX_SWITCH_GROUPS)
+    listed = tuple(_check_id(g, "supplementary group") for g in groups) if groups else ()
+    if not _NGROUPS_MAX:
+        _NGROUPS_MAX.append(os.sysconf("SC_NGROUPS_MAX"))
+    limit = min(_NGROUPS_MAX[0], MAX_SWITCH_GROUPS)
     if len(listed) > limit:
         raise InvalidTargetError(
             f"{len(listed)} supplementary groups exceed the limit of {limit} "
@@ -181,6 +214,12 @@ class _Calls:
     permanent: Callable[[int], _Moves]
 
 
+#: Which threads a switch changes: every thread, or only the calling one.
+Scope = Literal["process", "thread"]
+#: The per-thread mechanism: raw system calls, the calling thread only.
+THREAD_MECHANISM = Mechanism(uid="SYS_setresuid", gid="SYS_setresgid")
+
+
 def _res(op: Op) -> _Calls:
     return _Calls(
         temporary=lambda now, t: [(Step(op, (-1, t, -1)), (now[0], t, now[2]))],
@@ -198,6 +237,8 @@ def _seteuid_temporary(now: IdTriple, t: int) -> _Moves:
 _MECHANISMS: dict[str, _Calls] = {
     "setresuid": _res(Op.SETRESUID),
     "setresgid": _res(Op.SETRESGID),
+    "SYS_setresuid": _res(Op.THREAD_SETRESUID),
+    "SYS_setresgid": _res(Op.THREAD_SETRESGID),
     # Real 0 is what lets setreuid(-1, 0) come back (sendmail's t_setreuid).
     "setreuid": _Calls(
         temporary=lambda now, t: [(Step(Op.SETREUID, (0, t)), (0, t, t))],
@@ -235,7 +276,8 @@ class _Tracker:
     should not is caught at once, not at the end.
     """
 
-    def __init__(self, start: Identity) -> None:
+    def __init__(self, start: Identity, groups_op: Op = Op.SETGROUPS) -> None:
+        self.groups_op = groups_op
         self.uids: _Opt = start.uids
         self.gids: _Opt = start.gids
         self.groups = start.groups
@@ -250,7 +292,19 @@ class _Tracker:
 
     def groups_to(self, groups: tuple[int, ...]) -> None:
         self.groups = tuple(sorted(set(groups)))
-        self._add(Step(Op.SETGROUPS, groups))
+        self._add(Step(self.groups_op, groups))
+
+    def reached(self) -> Identity | None:
+        """The identity every expectation so far pins down, if complete."""
+        if None in self.uids or None in self.gids:
+            return None
+        r, e, s = self.uids
+        gr, ge, gs = self.gids
+        assert r is not None and e is not None and s is not None  # for mypy: checked above
+        assert gr is not None and ge is not None and gs is not None
+        return Identity(
+            uids=IdTriple(r, e, s), gids=IdTriple(gr, ge, gs), groups=self.groups, fsuid=self.fsuid, fsgid=self.fsgid
+        )
 
     def uid(self, moves: _Moves) -> None:
         for step, triple in moves:
@@ -266,7 +320,7 @@ class _Tracker:
             self._add(step)
 
 
-def _plan_back(mech: Mechanism, start: Identity) -> list[tuple[Step, Expect]]:
+def _plan_back(mech: Mechanism, start: Identity, groups_op: Op = Op.SETGROUPS) -> list[tuple[Step, Expect]]:
     """The way back to ``start``: uid first, then gid, then groups.
 
     Each step checks the family it sets, and the last one the whole starting
@@ -280,8 +334,13 @@ def _plan_back(mech: Mechanism, start: Identity) -> list[tuple[Step, Expect]]:
     for step, triple in _MECHANISMS[mech.gid].back(start.gids):
         steps.append((step, Expect(gids=triple, fsgid=None if start.fsgid is None else triple[1])))
     whole = Expect(uids=start.uids, gids=start.gids, fsuid=start.fsuid, fsgid=start.fsgid, groups=start.groups)
-    steps.append((Step(Op.SETGROUPS, start.groups), whole))
+    steps.append((Step(groups_op, start.groups), whole))
     return steps
+
+
+def _whole(i: Identity) -> Expect:
+    """Every credential of ``i``, as an expectation."""
+    return Expect(uids=i.uids, gids=i.gids, fsuid=i.fsuid, fsgid=i.fsgid, groups=i.groups)
 
 
 def _describe_failure(result: SwitchResult) -> str:
@@ -309,15 +368,71 @@ def _held(c: Creds) -> str:
     return f"uids {tuple(c.uids)}, gids {tuple(c.gids)}, groups {c.groups}, fsuid {c.fsuid}, fsgid {c.fsgid}"
 
 
+def _signals_land_here() -> None:
+    """A Python function call, made right after each switching C call.
+
+    Signals that arrive during the call are blocked there and delivered as
+    it returns; the interpreter runs their Python handlers at the next
+    function entry.  Without a call here that would be wherever the caller's
+    code next calls a function (for a short ``with`` body: entering
+    ``__exit__``, the one place nothing can guard), so a handler that raises
+    does so here, where the switch is recorded and the callers unwind it."""
+
+
 class _Switch:
-    """One temporary switch: the plans there and back, and where it started."""
+    """One temporary switch: the plans there and back, where it starts and
+    the identity it reaches (None: read it back after the switch)."""
 
-    __slots__ = ("back", "forward", "start")
+    __slots__ = ("back", "forward", "key", "reached", "start")
 
-    def __init__(self, start: Identity, forward: SwitchPlan, back: SwitchPlan) -> None:
+    def __init__(
+        self,
+        key: tuple[int, int, tuple[int, ...]],
+        start: Identity,
+        forward: SwitchPlan,
+        back: SwitchPlan,
+        reached: Identity | None,
+    ) -> None:
+        self.key = key  # the targets: uid, gid, groups
         self.start = start
         self.forward = forward
         self.back = back
+        self.reached = reached
+
+
+#: Plans kept per Switcher (and per thread, in thread scope).
+_CACHED_PLANS = 8
+
+
+class _State:
+    """What a Switcher remembers: the active switch and the cached plans."""
+
+    def __init__(self) -> None:
+        self.active: _Switch | None = None
+        self.plans: dict[tuple[int, int, tuple[int, ...]], _Switch] = {}
+
+
+class _ThreadState(threading.local):
+    """The same, one per thread (scope="thread")."""
+
+    def __init__(self) -> None:
+        self.active: _Switch | None = None
+        self.plans: dict[tuple[int, int, tuple[int, ...]], _Switch] = {}
+
+
+def _restore_if_active(cm: _AsUser) -> None:
+    """Restore the switch ``cm`` made if it is still the active one; a few
+    tries, each exception dropped (switched stays True when all fail).  An
+    ``__init__`` cut short by a signal handler leaves no attributes."""
+    for _ in range(4):
+        try:
+            switcher = getattr(cm, "_switcher", None)
+            sw = getattr(cm, "_switch", None)
+            if switcher is None or sw is None or switcher._state.active is not sw:
+                return
+            switcher.restore()
+        except Exception:
+            continue
 
 
 class _AsUser:
@@ -333,22 +448,37 @@ class _AsUser:
         self._switch = switch
 
     def __enter__(self) -> Identity:
+        switcher = self._switcher
         try:
-            return self._switcher._enter(self._switch)
+            reached = switcher._enter(self._switch)
+            _signals_land_here()  # while this try still guards the switch
+            return reached
         except BaseException:
-            self._switcher._unwind_attempts()
+            # Inline, not _unwind_attempts(): entering a function is where
+            # the interpreter runs signal handlers, and a handler raising
+            # there, before any try, would skip every attempt.
+            try:
+                switcher._unwind()
+            finally:
+                try:
+                    switcher._unwind()
+                finally:
+                    switcher._unwind()
             raise
 
     def __exit__(self, *exc: object) -> None:
         self._switcher._unwind_attempts()
 
     def __del__(self) -> None:
-        # The safety net for the one unguarded instant (see as_user).  An
-        # __init__ cut short by a signal handler leaves no attributes.
-        switcher = getattr(self, "_switcher", None)
-        if switcher is not None and switcher._active is getattr(self, "_switch", None):
-            with contextlib.suppress(Exception):  # nothing to raise to from here; switched stays True
-                switcher.restore()
+        # The safety net for the one unguarded instant (see as_user).  Every
+        # line is in a try: a signal handler raising here costs one attempt.
+        try:
+            _restore_if_active(self)
+        finally:
+            try:
+                _restore_if_active(self)
+            finally:
+                _restore_if_active(self)
 
 
 class Switcher:
@@ -358,17 +488,42 @@ class Switcher:
     ``uidprobe.config``); ``engine`` the C engine (default: the installed
     one, loaded on first use).  One switch at a time: ``become`` then
     ``restore``.
+
+    ``scope="process"`` (the default) switches every thread of the process
+    (the C library's calls); ``scope="thread"`` only the calling thread (raw
+    system calls; needs THREAD_CREDENTIALS=1), one switch at a time per
+    thread.  See the module's documentation for what a program must not do
+    meanwhile.
     """
 
-    def __init__(self, values: Mapping[str, int | str | None] | None = None, *, engine: Engine | None = None) -> None:
+    def __init__(
+        self,
+        values: Mapping[str, int | str | None] | None = None,
+        *,
+        engine: Engine | None = None,
+        scope: Scope = "process",
+    ) -> None:
         if values is None:
             from uidprobe import config
 
             values = config.VARS
         self.values = dict(values)
-        self.mechanism = choose_mechanism(self.values)
+        if scope == "process":
+            self.mechanism = choose_mechanism(self.values)
+            self._state: _State | _ThreadState = _State()
+        elif scope == "thread":
+            if self.values.get("THREAD_CREDENTIALS") != 1:
+                raise NoMechanismError(
+                    "per-thread switching needs THREAD_CREDENTIALS=1, and it is "
+                    f"{self.values.get('THREAD_CREDENTIALS', 0)} here (see 'uidprobe explain THREAD_CREDENTIALS')"
+                )
+            self.mechanism = THREAD_MECHANISM
+            self._state = _ThreadState()
+        else:
+            raise ValueError(f"scope must be 'process' or 'thread', not {scope!r}")
+        self.scope: Scope = scope
+        self._groups_op = Op.THREAD_SETGROUPS if scope == "thread" else Op.SETGROUPS
         self._engine = engine
-        self._active: _Switch | None = None
 
     @property
     def engine(self) -> Engine:
@@ -379,59 +534,100 @@ class Switcher:
     @property
     def switched(self) -> bool:
         """True from the moment a switch starts until ``restore`` verified the way back."""
-        return self._active is not None
+        return self._state.active is not None
 
     # ---------------------------------------------------------- temporary
 
-    def _plan(self, uid: int, gid: int, groups: Iterable[int]) -> _Switch:
-        """Check the targets and build both plans; changes nothing."""
+    def _plan(self, uid: int, gid: int, groups: Iterable[int], cached: bool = True) -> _Switch:
+        """Check the targets and build both plans, or take them from the
+        cache; changes nothing.  A cached plan was made from an identity
+        the C call checks before its first step (NOT_AT_START otherwise)."""
         uid, gid = _check_id(uid, "uid"), _check_id(gid, "gid")
         wanted = _check_groups(groups)
-        if self._active is not None:
+        if self._state.active is not None:
             raise PrivilegeError("already switched: restore() before switching again")
+        key = (uid, gid, wanted)
+        known = self._state.plans.get(key) if cached else None
+        if known is None:
+            known = self._new_plan(uid, gid, wanted)
+            self._keep(known)
+        # A switch of its own (sharing the converted plans): whoever holds a
+        # switch can tell it from a later one by identity (_AsUser.__del__).
+        return _Switch(key, known.start, known.forward, known.back, known.reached)
+
+    def _keep(self, sw: _Switch) -> None:
+        plans = self._state.plans
+        plans.pop(sw.key, None)
+        plans[sw.key] = sw
+        if len(plans) > _CACHED_PLANS:
+            del plans[next(iter(plans))]  # the oldest
+
+    def _new_plan(self, uid: int, gid: int, wanted: tuple[int, ...]) -> _Switch:
+        if self.scope == "thread" and not self.engine.built.thread_ops:
+            raise NoMechanismError("per-thread switching: this build of uidprobe's engine has no per-thread calls")
         start = current_identity(self.engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"becoming another user needs effective uid 0, not {start.uids[1]}")
         m = self.mechanism
-        t = _Tracker(start)
+        t = _Tracker(start, self._groups_op)
         t.groups_to(wanted)
         t.gid(_MECHANISMS[m.gid].temporary(start.gids, gid))
         t.uid(_MECHANISMS[m.uid].temporary(start.uids, uid))
-        back = _plan_back(m, start)
+        back = _plan_back(m, start, self._groups_op)
         undo = [step for step, _ in back]
+        forward = SwitchPlan(t.steps, undo, self.engine, start=_whole(start))
         # Coming back has nowhere better to retreat to than where it is: no undo.
-        return _Switch(start, SwitchPlan(t.steps, undo, self.engine), SwitchPlan(back, [], self.engine))
+        return _Switch((uid, gid, wanted), start, forward, SwitchPlan(back, [], self.engine), t.reached())
 
     def plan(self, uid: int, gid: int, groups: Iterable[int] = ()) -> tuple[list[Step], list[Step]]:
         """The calls ``become(uid, gid, groups)`` would make, and those of the
         way back, from the identity held now (a dry run: nothing changes)."""
-        sw = self._plan(uid, gid, groups)
+        sw = self._plan(uid, gid, groups, cached=False)
         return list(sw.forward.steps), list(sw.back.steps)
+
+    def _replan(self, sw: _Switch) -> None:
+        """The thread left the identity ``sw`` was planned from: plan again
+        from the one it holds now, in place (``sw`` may be recorded as active)."""
+        fresh = self._new_plan(*sw.key)
+        self._keep(fresh)
+        sw.start, sw.forward, sw.back, sw.reached = fresh.start, fresh.forward, fresh.back, fresh.reached
 
     def _enter(self, sw: _Switch) -> Identity:
         # Recorded before the first call: whatever interrupts after this
         # line, restore() knows where to go back to.
-        self._active = sw
-        result = sw.forward.run()
-        if result.status is not SwitchStatus.OK:
+        self._state.active = sw
+        status = sw.forward.attempt()
+        _signals_land_here()
+        if status == SwitchStatus.NOT_AT_START:
+            try:
+                self._replan(sw)
+            except BaseException:
+                self._state.active = None  # nothing was switched
+                raise
+            status = sw.forward.attempt()
+        if status != SwitchStatus.OK:
+            result = sw.forward.result(status)
+            if result.status is SwitchStatus.NOT_AT_START:
+                self._state.active = None
+                raise PrivilegeError(f"the identity changed while switching: holding {_held(result.now)}")
             why = _describe_failure(result)
             if result.status is SwitchStatus.ROLLED_BACK:
-                self._active = None
+                self._state.active = None
                 raise VerificationError(f"{why}; the starting identity was restored")
             raise VerificationError(f"{why}; and restoring failed too: holding {_held(result.now)}")
-        if self._active is not sw:
+        if self._state.active is not sw:
             # restore() ran meanwhile (a signal handler, before the C call):
             # it found nothing to undo and forgot the switch, which then
             # happened.  Undo it now rather than leave an identity nobody knows.
             undo = sw.back.run()
             if undo.status is not SwitchStatus.OK:
-                self._active = sw
+                self._state.active = sw
                 raise VerificationError(
                     f"restore() ran while switching, and undoing the switch failed: {_describe_failure(undo)}; "
                     f"holding {_held(undo.now)}"
                 )
             raise PrivilegeError("restore() ran while switching (from a signal handler?): the switch was undone")
-        return _identity(result.now)
+        return sw.reached or _identity(sw.forward.result(status).now)
 
     def become(self, uid: int, gid: int, groups: Iterable[int] = ()) -> Identity:
         """Take ``uid``/``gid``/``groups`` as the effective identity, keeping
@@ -452,13 +648,14 @@ class Switcher:
         that can be put back are put back), then VerificationError says
         what is held.
         """
-        sw = self._active
+        sw = self._state.active
         if sw is None:
             raise PrivilegeError("not switched: nothing to restore")
-        result = sw.back.run()
-        if result.status is SwitchStatus.OK:
-            self._active = None
+        status = sw.back.attempt()
+        if status == SwitchStatus.OK:
+            self._state.active = None
             return
+        result = sw.back.result(status)
         why = _describe_failure(result)
         failed = result.failed_step
         later = sw.back.steps[sw.back.steps.index(failed) + 1 :] if failed is not None else ()
@@ -469,7 +666,7 @@ class Switcher:
     def _unwind(self) -> None:
         """Restore, whatever exceptions signal handlers raise meanwhile."""
         pending: BaseException | None = None
-        while self._active is not None:
+        while self._state.active is not None:
             try:
                 self.restore()
             except VerificationError:
@@ -517,6 +714,10 @@ class Switcher:
         does.  A VerificationError here means the process may still hold
         privilege: do not continue, exit.
         """
+        if self.scope != "process":
+            raise PrivilegeError(
+                "a permanent drop is process-wide: it cannot be made per thread (use Switcher(), scope='process')"
+            )
         uid, gid = _check_id(uid, "uid"), _check_id(gid, "gid")
         wanted = _check_groups(groups)
         if uid == 0:
@@ -525,7 +726,7 @@ class Switcher:
         # process may no longer be able to read its own installation.
         engine = self.engine
         attempts = _regain_attempts(engine, gid)
-        if self._active is not None:
+        if self._state.active is not None:
             self.restore()
         start = current_identity(engine)
         if start.uids[1] != 0:
