@@ -93,7 +93,7 @@ static void clear_record(struct up_record *r)
 
 // The whole life of the child.  Never returns.  Its only link to the parent
 // besides `sh` is the pipe's write end, which closes when it exits.
-static void child_main(const struct up_step *steps, int nsteps, struct up_shared *sh)
+__attribute__((noreturn)) static void child_main(const struct up_step *steps, int nsteps, struct up_shared *sh)
 {
     for (int i = 0; i < nsteps; i++) {
         struct up_record *rec = &sh->records[i];

@@ -184,7 +184,7 @@ static void futex_wake(int *addr)
     (void)up_sys(SYS_futex, (long)addr, FUTEX_WAKE_PRIVATE, 1, 0, 0);
 }
 
-static void sibling_main(void *unused)
+__attribute__((noreturn)) static void sibling_main(void *unused)
 {
     (void)unused;
     int seen = 0;
