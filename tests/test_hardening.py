@@ -155,7 +155,7 @@ sw = Switcher({values!r})
 before = identity()
 with sw.as_user(1000, 1000, [1000]):  # warm up: every import done before the storm
     pass
-hits = leftovers = 0
+hits = unknown = known = 0
 errors = []
 signal.signal(signal.SIGALRM, boom)
 # Blocked except inside the try: the loop's own bytecode (its back edge)
@@ -187,14 +187,16 @@ for i in range({n}):
             break
         except Alarm:
             hits += 1
-    if now != before or sw.switched:
-        leftovers += 1
-        if sw.switched:
-            sw.restore()
+    if now != before and not sw.switched:
+        unknown += 1  # an identity the Switcher does not know: the failure that matters
+    elif sw.switched:
+        known += 1  # recorded: restore() must bring it back
+        sw.restore()
 # Still blocked: stop the storm before anything else can be interrupted.
 signal.setitimer(signal.ITIMER_REAL, 0)
 signal.signal(signal.SIGALRM, signal.SIG_IGN)
-print(json.dumps({{"hits": hits, "leftovers": leftovers, "errors": errors[:3], "same": identity() == before}}))
+print(json.dumps({{"hits": hits, "unknown": unknown, "known": known, "errors": errors[:3],
+                  "same": identity() == before}}))
 """
 
 
@@ -204,11 +206,19 @@ print(json.dumps({{"hits": hits, "leftovers": leftovers, "errors": errors[:3], "
     [ALL, {"HASSETREUID": 1, "HASSETREGID": 1}, {"USESETEUID": 1, "USESETEGID": 1}],
     ids=["res", "re", "e"],
 )
-def test_a_storm_of_raising_signal_handlers_never_leaves_a_switched_identity(values: dict[str, int]) -> None:
+def test_a_storm_of_raising_signal_handlers_never_leaves_an_identity_the_switcher_does_not_know(
+    values: dict[str, int],
+) -> None:
+    # A handler that raises on every tick, thousands of times, inside
+    # as_user.  The one instant CPython cannot guard (entering __exit__) can
+    # be hit, and then every try of the safety net too: that switch stays
+    # recorded (switched is True) and restore() brings it back.  What must
+    # never happen is an identity the Switcher does not know, or a
+    # verification error from an interrupted switch.
     out = run_json(STORM.format(values=values, n=3000))
     assert out["hits"] > 100, "the storm hardly hit: the test proves nothing"
     assert out["errors"] == [], "an interrupted switch was reported as a verification failure"
-    assert out["leftovers"] == 0 and out["same"]
+    assert out["unknown"] == 0 and out["same"]
 
 
 def test_become_interrupted_after_switching_still_knows_the_way_back() -> None:

@@ -203,11 +203,25 @@ class SwitchPlan:
             _fill_expect(lib, c_start, start, pool)
         c_pool = ffi.new("long long[]", pool or [0])
         c_res = ffi.new("struct up_switch_result *")
+        c_res.status = _NOT_RUN
         self._c = (c_steps, c_expect, len(steps), c_undo, len(undo), c_pool, len(pool), c_start, c_res)
 
     @property
     def steps(self) -> tuple[Step, ...]:
         return self._steps
+
+    @property
+    def succeeded(self) -> bool:
+        """Did the last run (since ``forget``) end with every step verified?
+
+        The C call writes this itself, so it is true the moment the switch is
+        done, even if Python is interrupted before it can note it anywhere.
+        """
+        return bool(self._c[-1].status == 0)
+
+    def forget(self) -> None:
+        """Mark the plan as not run (``succeeded`` is then False)."""
+        self._c[-1].status = _NOT_RUN
 
     def attempt(self) -> int:
         """Run the switch; the raw ``UP_SWITCH_*`` status (0: every step ran
@@ -233,6 +247,9 @@ class SwitchPlan:
 
     def run(self) -> SwitchResult:
         return self.result(self.attempt())
+
+
+_NOT_RUN = -1  # no UP_SWITCH_* status: the plan has not run since it was made or forgotten
 
 
 def _fill_switch_step(lib: Any, c: Any, step: Step, pool: list[int]) -> None:

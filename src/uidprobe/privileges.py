@@ -533,8 +533,14 @@ class Switcher:
 
     @property
     def switched(self) -> bool:
-        """True from the moment a switch starts until ``restore`` verified the way back."""
-        return self._state.active is not None
+        """True from the moment a switch starts until ``restore`` verified the way back.
+
+        Read from the way back's own C result, not only from Python's note:
+        a signal handler that raises between the C call and the note cannot
+        leave a restored identity looking switched.
+        """
+        sw = self._state.active
+        return sw is not None and not sw.back.succeeded
 
     # ---------------------------------------------------------- temporary
 
@@ -544,8 +550,9 @@ class Switcher:
         the C call checks before its first step (NOT_AT_START otherwise)."""
         uid, gid = _check_id(uid, "uid"), _check_id(gid, "gid")
         wanted = _check_groups(groups)
-        if self._state.active is not None:
+        if self.switched:
             raise PrivilegeError("already switched: restore() before switching again")
+        self._state.active = None  # a switch restored but not yet noted: noted now
         key = (uid, gid, wanted)
         known = self._state.plans.get(key) if cached else None
         if known is None:
@@ -594,7 +601,9 @@ class Switcher:
 
     def _enter(self, sw: _Switch) -> Identity:
         # Recorded before the first call: whatever interrupts after this
-        # line, restore() knows where to go back to.
+        # line, restore() knows where to go back to (and the way back is
+        # marked not taken, so ``switched`` says True until it is).
+        sw.back.forget()
         self._state.active = sw
         status = sw.forward.attempt()
         _signals_land_here()
@@ -651,6 +660,9 @@ class Switcher:
         sw = self._state.active
         if sw is None:
             raise PrivilegeError("not switched: nothing to restore")
+        if sw.back.succeeded:  # restored already; only the note was left to make
+            self._state.active = None
+            return
         status = sw.back.attempt()
         if status == SwitchStatus.OK:
             self._state.active = None
