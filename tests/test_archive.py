@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, requires_root, requires_tools
+from helpers import ROOT, requires_root, requires_tools
 
 EXAMPLE = ROOT / "examples" / "archive_delivery.py"
 NO_DAC = ["setpriv", "--inh-caps=-dac_override,-fowner", "--bounding-set=-dac_override,-fowner"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import requires_root, run_python
+from helpers import requires_root, run_python
 
 pytestmark = requires_root
 

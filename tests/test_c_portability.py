@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CSRC, ROOT, requires_root, run_cli
+from helpers import CSRC, ROOT, requires_root, run_cli
 from uidprobe import suite
 from uidprobe.engine import Engine, Transport
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import AS_NOBODY, requires_cc, requires_other_user, requires_root, requires_tools
-from conftest import run_cli as uidprobe
+from helpers import AS_NOBODY, requires_cc, requires_other_user, requires_root, requires_tools
+from helpers import run_cli as uidprobe
 from uidprobe import cli, store
 from uidprobe.names import OBSERVED, VERSION
 from uidprobe.verdicts import Result

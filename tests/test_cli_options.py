@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_root
-from conftest import run_cli as uidprobe
+from helpers import requires_root
+from helpers import run_cli as uidprobe
 from uidprobe import cli, errors, store
 from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import AS_NOBODY, requires_cc, requires_other_user, requires_root, requires_tools
+from helpers import AS_NOBODY, requires_cc, requires_other_user, requires_root, requires_tools
 from uidprobe import probes, store
 from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result

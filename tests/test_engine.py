@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_root, run_python
+from helpers import requires_root, run_python
 from procinfo import identity, open_fds, zombies_of_this_process
 from uidprobe import _engine, engine
 from uidprobe.engine import Engine, Op, Step, default_engine

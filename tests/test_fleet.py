@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import requires_root, run_cli
+from helpers import requires_root, run_cli
 from uidprobe import exporters, store
 from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import AS_NOBODY, requires_root, run_cli, run_python
+from helpers import AS_NOBODY, requires_root, run_cli, run_python
 
 pytestmark = requires_root
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_root, run_cli, run_python
+from helpers import requires_root, run_cli, run_python
 from uidprobe import cli
 
 HANG = {"UIDPROBE_FAULT": "hang"}

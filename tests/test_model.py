@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from conftest import AS_NOBODY, requires_other_user, requires_root, requires_tools, run_python
-from conftest import run_cli as uidprobe
+from helpers import AS_NOBODY, requires_other_user, requires_root, requires_tools, run_python
+from helpers import run_cli as uidprobe
 from uidprobe import cli, model, suite
 from uidprobe.model import Model
 

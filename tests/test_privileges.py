@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import requires_root, run_python
+from helpers import requires_root, run_python
 from procinfo import identity
 from uidprobe.engine import MAX_SWITCH_GROUPS
 from uidprobe.privileges import (

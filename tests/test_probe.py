@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import uidprobe
-from conftest import (
+from helpers import (
     AS_NOBODY,
     ROOT,
     in_user_namespace,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, requires_cc, requires_other_user, requires_root, requires_tools
+from helpers import ROOT, requires_cc, requires_other_user, requires_root, requires_tools
 
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_other_user, requires_root, requires_tools, run_python
+from helpers import requires_other_user, requires_root, requires_tools, run_python
 from procinfo import open_fds, zombies_of_this_process
 from uidprobe import _engine, suite
 from uidprobe.engine import Engine, default_engine

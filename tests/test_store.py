@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NOBODY, requires_root
+from helpers import NOBODY, requires_root
 from uidprobe import store
 from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, requires_cc, requires_root, requires_tools, run_cli, run_python
+from helpers import ROOT, requires_cc, requires_root, requires_tools, run_cli, run_python
 from uidprobe import cli, store
 from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, requires_root, requires_tools, run_python
+from helpers import ROOT, requires_root, requires_tools, run_python
 from uidprobe.errors import NoMechanismError, PrivilegeError
 from uidprobe.privileges import Switcher
 

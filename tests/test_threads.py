@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from conftest import ROOT, requires_cc, requires_root, requires_tools, run_python
+from helpers import ROOT, requires_cc, requires_root, requires_tools, run_python
 from uidprobe import suite
 from uidprobe.creds import Expect, SwitchPlan
 from uidprobe.engine import Engine, Op, Step, default_engine

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PRIVILEGED, ROOT, requires_cc, requires_root, run_cli, run_python
+from helpers import PRIVILEGED, ROOT, requires_cc, requires_root, run_cli, run_python
 from uidprobe import cli, store, trust
 from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result

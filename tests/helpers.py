@@ -1,0 +1,152 @@
+"""Helpers the tests share: skip markers and ways to run code as a user would.
+
+A plain module, imported by name (``from helpers import run_cli``): conftest.py
+holds only fixtures, which pytest injects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+NOBODY = 65534
+
+
+def _have_setid_caps() -> bool:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                eff = int(line.split()[1], 16)
+                return bool(eff >> 6 & 1 and eff >> 7 & 1)
+    return False
+
+
+PRIVILEGED = os.geteuid() == 0 and _have_setid_caps()
+requires_root = pytest.mark.skipif(not PRIVILEGED, reason="needs root with CAP_SETUID and CAP_SETGID")
+requires_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+requires_tools = pytest.mark.skipif(
+    shutil.which("setpriv") is None or shutil.which("unshare") is None,
+    reason="needs util-linux setpriv and unshare",
+)
+
+
+def _interpreter_runs_as_another_user() -> bool:
+    """Can this interpreter start at all as nobody?  Not when it lives under
+    a private directory (pyenv under /root with a shared libpython)."""
+    if not (PRIVILEGED and shutil.which("setpriv")):
+        return False
+    proc = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "import uidprobe",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    return proc.returncode == 0
+
+
+#: Tests that run this interpreter as another user (nobody, uid 1000).
+requires_other_user = pytest.mark.skipif(
+    not _interpreter_runs_as_another_user(),
+    reason="needs root, setpriv, and an interpreter that other users can run (this one is installed "
+    "somewhere they cannot read)",
+)
+
+
+def run_python(
+    code: str,
+    *,
+    env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (optionally under ``prefix``)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-c", code],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, prefix: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m uidprobe ARGS`` as a user runs it (optionally under ``prefix``)."""
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "uidprobe", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+PROBE_JSON = (
+    "import json, uidprobe\n"
+    "res = uidprobe.probe(timeout={timeout!r})\n"
+    "print(json.dumps({{n: [r.verdict, r.reason] for n, r in res.items()}}))\n"
+)
+
+
+def probe_in_subprocess(
+    *, env: dict[str, str] | None = None, prefix: list[str] | None = None, timeout: float = 2.0
+) -> dict[str, list[Any]]:
+    """{name: [verdict, reason]} from probing in a fresh interpreter."""
+    proc = run_python(PROBE_JSON.format(timeout=timeout), env=env, prefix=prefix)
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, list[Any]] = json.loads(proc.stdout)
+    return result
+
+
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+def in_user_namespace(
+    code: str, uid_map: str, gid_map: str, setgroups: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run python ``code`` as root of a new user namespace with these maps.
+
+    unshare(1) creates the namespace; this (root) process writes the maps,
+    which may have several ranges (unshare's own options need newuidmap).
+    """
+    proc = subprocess.Popen(
+        ["unshare", "-U", "--", "sh", "-c", f'read go; exec "{sys.executable}" -c "$0"', code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ours = os.readlink("/proc/self/ns/user")
+    deadline = time.monotonic() + 10
+    while os.readlink(f"/proc/{proc.pid}/ns/user") == ours:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("unshare did not enter a new user namespace")
+        time.sleep(0.005)
+    if setgroups is not None:
+        Path(f"/proc/{proc.pid}/setgroups").write_text(setgroups)
+    Path(f"/proc/{proc.pid}/uid_map").write_text(uid_map)
+    Path(f"/proc/{proc.pid}/gid_map").write_text(gid_map)
+    out, err = proc.communicate("go\n", timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
