@@ -55,20 +55,6 @@ __all__ = [
 
 NAMES: tuple[str, ...]
 
-_ERRORS = frozenset(
-    (
-        "EngineError",
-        "InvalidTargetError",
-        "ModelError",
-        "NoMechanismError",
-        "PrivilegeError",
-        "StoreError",
-        "UidprobeError",
-        "UsageError",
-        "VerificationError",
-        "WriteError",
-    )
-)
 if TYPE_CHECKING:
     from uidprobe.errors import (
         EngineError,
@@ -94,10 +80,11 @@ def __getattr__(name: str) -> object:
         from uidprobe.verdicts import Result
 
         return Result
-    if name in _ERRORS:
+    if name.endswith("Error"):
         from uidprobe import errors
 
-        return getattr(errors, name)
+        if name in errors.__all__:
+            return getattr(errors, name)
     raise AttributeError(f"module 'uidprobe' has no attribute {name!r}")
 
 
