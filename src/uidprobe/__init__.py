@@ -20,7 +20,7 @@ Importing this package reads nothing, loads no C extension and forks nothing.
 
 from __future__ import annotations
 
-from uidprobe.names import VERSION
+from uidprobe.names import DEFAULT_TIMEOUT, VERSION
 
 __version__ = VERSION
 
@@ -96,7 +96,7 @@ if TYPE_CHECKING:
         *,
         uids: tuple[int, int, int] | None = None,
         gids: tuple[int, int, int] | None = None,
-        timeout: float = 2.0,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> Mapping[str, Result]: ...
 
     @overload
@@ -105,7 +105,7 @@ if TYPE_CHECKING:
         *,
         uids: tuple[int, int, int] | None = None,
         gids: tuple[int, int, int] | None = None,
-        timeout: float = 2.0,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> Result: ...
 
 
@@ -114,7 +114,7 @@ def probe(
     *,
     uids: tuple[int, int, int] | None = None,
     gids: tuple[int, int, int] | None = None,
-    timeout: float = 2.0,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Mapping[str, Result] | Result:
     """Run the probes now and return their results.
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn, TextIO
 from uidprobe.errors import UsageError
 from uidprobe.exporters import FORMATS as EXPORT_FORMATS
 from uidprobe.exporters import result_dict
-from uidprobe.names import VERSION
+from uidprobe.names import DEFAULT_TIMEOUT, MODEL_IDS, VERSION
 from uidprobe.store import DEFAULT_PATH as DEFAULT_STORE
 
 if TYPE_CHECKING:
@@ -203,7 +203,11 @@ _GROUPS: dict[str, list[tuple[tuple[str, ...], str, dict[str, Any]]]] = {
         (
             ("--timeout",),
             "timeout",
-            {"type": _timeout, "metavar": "SECONDS", "help": "kill a probe child after this long (default 2)"},
+            {
+                "type": _timeout,
+                "metavar": "SECONDS",
+                "help": f"kill a probe child after this long (default {DEFAULT_TIMEOUT:g})",
+            },
         ),
         (
             ("--runner",),
@@ -344,7 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="summary (default), json (versioned schema) or dot (Graphviz)",
     )
     _output_option(p)
-    p.add_argument("--ids", type=_pair, default=(2, 3), metavar="A,B", help="the ids behind A and B (default 2,3)")
+    p.add_argument(
+        "--ids",
+        type=_pair,
+        default=MODEL_IDS,
+        metavar="A,B",
+        help=f"the ids behind A and B (default {MODEL_IDS[0]},{MODEL_IDS[1]})",
+    )
     p.add_argument(
         "--diff",
         nargs=2,
@@ -475,20 +485,12 @@ def _engine(args: argparse.Namespace) -> Engine | None:
     """The engine to use: the installed one, or one pinned to --runner."""
     if args.runner is None:
         return None
-    from uidprobe.engine import Engine, Transport
+    from uidprobe.engine import Engine
 
-    class PinnedRunner(Engine):
-        """Every batch through the chosen runner: never a silent fork from here."""
-
-        def run_batch(self, scenarios: Any, timeout: float = 2.0, via: Any = None, jobs: int = 1) -> Any:
-            return super().run_batch(scenarios, timeout, Transport.SPAWN, jobs)
-
-    return PinnedRunner(None, runner=args.runner)
+    return Engine(None, runner=args.runner, fallback=False)  # never a silent fork from here
 
 
 def _timeout_of(args: argparse.Namespace) -> float:
-    from uidprobe.engine import DEFAULT_TIMEOUT
-
     return float(args.timeout) if args.timeout is not None else DEFAULT_TIMEOUT
 
 

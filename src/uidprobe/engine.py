@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from uidprobe.errors import EngineError
 from uidprobe.ids import IdTriple
+from uidprobe.names import DEFAULT_TIMEOUT
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -50,8 +51,6 @@ MAX_ARGS = 8
 MAX_STEPS = 64
 #: The most supplementary groups an in-process switch sets and verifies.
 MAX_SWITCH_GROUPS = 256
-#: Seconds before a probe child is killed.
-DEFAULT_TIMEOUT = 2.0
 
 CallFamily = Literal["uid", "gid", "groups", "caps", "thread"]
 
@@ -308,10 +307,14 @@ class Engine:
     ``module`` is a cffi-built engine (default: the installed
     ``uidprobe._engine``); ``runner`` the runner program (default: the one
     installed beside the installed engine, if executable; ``None``: none, so
-    every child is forked from this process).
+    every child is forked from this process).  ``fallback=False``: a batch
+    that asks for AUTO goes through the runner or not at all, never forked
+    from here instead (``uidprobe --runner PATH`` probes that runner's C
+    library and no other).
     """
 
-    def __init__(self, module: Any = None, runner: str | None = _UNSET) -> None:
+    def __init__(self, module: Any = None, runner: str | None = _UNSET, *, fallback: bool = True) -> None:
+        self.fallback = fallback
         if module is None:
             from uidprobe import _engine
 
@@ -443,6 +446,8 @@ class Engine:
         counts = ffi.new("int[]", [len(s) for s in scenarios])
         c_records = ffi.new("struct up_record[]", n * MAX_STEPS)
         c_outs = ffi.new("struct up_outcome[]", n)
+        if via is Transport.AUTO and not self.fallback:
+            via = Transport.SPAWN
         runner = self.runner if via is not Transport.FORK else None
         if via is Transport.SPAWN and runner is None:
             raise EngineError(errno_mod.ENOENT, "the runner program is not installed or not executable")

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 VERSION = "0.1.0"
 
+#: Seconds before a probe child is killed (the engine's, the CLI's, probe()'s default).
+DEFAULT_TIMEOUT = 2.0
+#: The ids behind the symbols A and B of the transition model, unless chosen otherwise.
+MODEL_IDS = (2, 3)
+
 #: Observed verdicts, in display order (one per entry of scenarios.SCENARIOS).
 OBSERVED: tuple[str, ...] = (
     "USESETEUID",

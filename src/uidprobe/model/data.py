@@ -8,6 +8,7 @@ from typing import Any
 
 from uidprobe.engine import Op
 from uidprobe.ids import Family
+from uidprobe.names import MODEL_IDS
 
 __all__ = [
     "ARG_SYMBOLS",
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 #: The ids behind A and B unless the caller chooses others.
-DEFAULT_A, DEFAULT_B = 2, 3
+DEFAULT_A, DEFAULT_B = MODEL_IDS
 SYMBOLS = ("0", "A", "B")
 ARG_SYMBOLS = ("-1", "0", "A", "B")
 State = tuple[str, str, str]
