@@ -88,6 +88,71 @@ def test_define_macros_strict_raises_without_measured_values_and_warns_otherwise
     assert "every value is 0 (defaults, not measured)" in warned
 
 
+DOWNSTREAM_SETUP = """
+import uidprobe
+from setuptools import Extension, setup
+
+setup(
+    name="downstream",
+    version="0",
+    ext_modules=[Extension("downstream", ["downstream.c"], define_macros=uidprobe.define_macros(strict={strict}))],
+)
+"""
+
+
+def build_downstream_as_nobody(strict: bool) -> subprocess.CompletedProcess[str]:
+    """A downstream setuptools build, as nobody, with no store: what a
+    package build in a clean chroot does.  Debian's python (pyenv's cannot
+    start as another user) with this installation of uidprobe."""
+    import shutil
+    import tempfile
+
+    import uidprobe
+
+    system = "/usr/bin/python3"
+    site = str(Path(uidprobe.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": site, store.ENV_VAR: "/nonexistent/verdicts"}
+    env.pop("UIDPROBE_STRICT", None)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    check = subprocess.run(
+        [*nobody, system, "-c", "import setuptools, uidprobe.config"], env=env, capture_output=True, check=False
+    )
+    if not os.access(system, os.X_OK) or check.returncode != 0 or shutil.which("cc") is None:
+        pytest.skip(f"nobody cannot build with {system}, setuptools, cc and uidprobe from {site}")
+    work = Path(tempfile.mkdtemp(dir="/tmp"))
+    try:
+        work.chmod(0o777)
+        (work / "setup.py").write_text(DOWNSTREAM_SETUP.format(strict=strict))
+        (work / "downstream.c").write_text("int downstream_answer(void) { return 42; }\n")
+        return subprocess.run(
+            [*nobody, system, "setup.py", "-q", "build_ext", "--build-lib", "out", "--build-temp", "tmp"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(work)
+
+
+@requires_root
+def test_a_downstream_build_as_nobody_without_a_store_fails_in_strict_mode_with_one_clear_line() -> None:
+    p = build_downstream_as_nobody(strict=True)
+    assert p.returncode != 0
+    assert p.stderr.splitlines()[-1].startswith(
+        "uidprobe.errors.UidprobeError: uidprobe: strict: no measured values, only defaults: every value is 0"
+    )
+
+
+@requires_root
+def test_a_downstream_build_as_nobody_without_a_store_warns_and_builds_otherwise() -> None:
+    p = build_downstream_as_nobody(strict=False)
+    assert p.returncode == 0, p.stderr
+    assert "every value is 0 (defaults, not measured)" in p.stderr
+
+
 @requires_tools
 def test_uidprobe_strict_in_the_environment_makes_define_macros_strict(store_dir: Path) -> None:
     code = "import uidprobe\nuidprobe.define_macros()\n"
