@@ -51,19 +51,24 @@ def check_archive(path: str) -> os.stat_result:
     return st
 
 
+def append(path: str, st: os.stat_result, message: bytes) -> None:
+    """Append to the archive checked as ``st`` (refused if it was replaced)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise PrivilegeError(f"{path} was replaced while delivering")
+        os.write(fd, message)
+        # Writing by a non-root owner clears the set-user-ID bit; put it
+        # back so the next delivery still knows whose file this is.
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    finally:
+        os.close(fd)
+
+
 def append_as_owner(switcher: Switcher, path: str, st: os.stat_result, message: bytes) -> None:
     with switcher.as_user(st.st_uid, st.st_gid):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            now = os.fstat(fd)
-            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-                raise PrivilegeError(f"{path} was replaced while delivering")
-            os.write(fd, message)
-            # Writing by a non-root owner clears the set-user-ID bit; put it
-            # back so the next delivery still knows whose file this is.
-            os.fchmod(fd, stat.S_IMODE(st.st_mode))
-        finally:
-            os.close(fd)
+        append(path, st, message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
 import threading
 from dataclasses import dataclass, field
 
-from archive_delivery import RefusalError, check_archive
+from archive_delivery import RefusalError, append, check_archive
 
 from uidprobe.privileges import NoMechanismError, PrivilegeError, Switcher
 
@@ -69,19 +68,6 @@ def deliver(switcher: Switcher, w: Worker, message: bytes, rounds: int, start: t
         except (OSError, PrivilegeError) as e:
             w.errors.append(f"{type(e).__name__}: {e}")
             return
-
-
-def append(path: str, st: os.stat_result, message: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        now = os.fstat(fd)
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            raise PrivilegeError(f"{path} was replaced while delivering")
-        os.write(fd, message)
-        # Writing by a non-root owner clears the set-user-ID bit: put it back.
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    finally:
-        os.close(fd)
 
 
 def main(argv: list[str] | None = None) -> int:
