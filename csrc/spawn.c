@@ -237,6 +237,35 @@ static void collect(struct window *w, int rd)
     }
 }
 
+// fork(), and where it is refused for lack of resources (EAGAIN under a pids
+// limit, ENOMEM) while children of this window are still running, wait for
+// them (they end within a millisecond, or at their deadline) and try once
+// more: a limit that leaves room for one child at a time still gets every
+// probe run.  A limit that leaves room for none still fails, with the errno.
+static pid_t fork_when_room(struct window *w, int started)
+{
+    pid_t pid = fork();
+    if (pid >= 0 || (errno != EAGAIN && errno != ENOMEM))
+        return pid;
+    int e = errno, waited = 0;
+    for (int j = 0; j < started; j++) {
+        while (w->live[j]) {
+            waited = 1;
+            if (w->deadline[j] <= up_now_ms())
+                end_overdue(w, j);
+            else if (child_gone(w->pid[j], &w->out[j]))
+                w->live[j] = 0;
+            else
+                (void)poll(NULL, 0, 1);
+        }
+    }
+    if (!waited) {
+        errno = e;
+        return -1;
+    }
+    return fork();
+}
+
 // Fork the window's children back to back, then collect them all.
 static void run_window(struct up_shared *sh, const struct up_step *steps, const int *counts, int n,
                        int timeout_ms, struct up_outcome *out)
@@ -261,7 +290,7 @@ static void run_window(struct up_shared *sh, const struct up_step *steps, const 
     for (int i = 0; i < n; i++) {
         sh[i].count = 0;
         sh[i].completed = 0;
-        pid_t pid = fork();
+        pid_t pid = fork_when_room(&w, i);
         if (pid == 0) {
             close_once(fds[0]);
             child_main(s, counts[i], &sh[i]);

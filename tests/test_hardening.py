@@ -5,6 +5,7 @@ a subprocess, so the test process itself is never switched."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -354,19 +355,44 @@ def test_without_proc_an_fsuid_left_at_root_is_still_caught(faults_so: Path) -> 
 PIDS_ROOT = Path("/sys/fs/cgroup/pids")
 
 
-@pytest.fixture
-def pids_limit() -> Iterator[list[str]]:
-    """A command prefix that runs its command in a pids cgroup allowing one
-    process: the command itself can run, but cannot fork or spawn."""
+@contextlib.contextmanager
+def pids_cgroup(limit: int) -> Iterator[list[str]]:
+    """A command prefix that runs its command in a pids cgroup allowing
+    ``limit`` processes and threads, the command itself included."""
     if not (PIDS_ROOT / "cgroup.procs").exists() or not os.access(PIDS_ROOT, os.W_OK):
         pytest.skip("needs a writable cgroup v1 pids hierarchy at /sys/fs/cgroup/pids")
     group = PIDS_ROOT / f"uidprobe-test-{uuid.uuid4().hex[:8]}"
     group.mkdir()
     try:
-        (group / "pids.max").write_text("1")
+        (group / "pids.max").write_text(str(limit))
         yield ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh"]
     finally:
-        group.rmdir()  # empty again: its one process has exited
+        group.rmdir()  # empty again: its processes have exited
+
+
+@pytest.fixture
+def pids_limit() -> Iterator[list[str]]:
+    """One process allowed: the command itself can run, but cannot fork or spawn."""
+    with pids_cgroup(1) as prefix:
+        yield prefix
+
+
+VERDICTS_JSON = "import json, uidprobe\nprint(json.dumps({n: r.verdict for n, r in uidprobe.probe().items()}))\n"
+
+
+def test_a_pids_limit_with_room_for_two_children_still_gets_every_uid_and_gid_verdict() -> None:
+    # The caller, its runner and two children: the engine forks a window of
+    # children at once, and where the limit refuses one it waits for those
+    # running and tries again, instead of leaving probes undetermined.
+    free = run_python(VERDICTS_JSON)
+    with pids_cgroup(4) as prefix:
+        limited = run_python(VERDICTS_JSON, prefix=prefix)
+    assert free.returncode == 0 and limited.returncode == 0, limited.stderr
+    # THREAD_CREDENTIALS also needs a thread inside its child, which the limit
+    # may refuse while another child runs: it may honestly be undetermined.
+    got, want = json.loads(limited.stdout), json.loads(free.stdout)
+    assert got.pop("THREAD_CREDENTIALS") in (want.pop("THREAD_CREDENTIALS"), None)
+    assert got == want
 
 
 def test_check_under_a_pids_limit_is_undetermined_with_the_errno(pids_limit: list[str]) -> None:
