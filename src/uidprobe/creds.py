@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from uidprobe.engine import MAX_STEPS, Engine, Step, default_engine
+from uidprobe.engine import MAX_STEPS, Engine, Step, default_engine, triple_from_c
 from uidprobe.ids import IdPattern, IdTriple
 
 __all__ = ["Caps", "Creds", "Expect", "SwitchPlan", "SwitchResult", "SwitchStatus", "read_creds"]
@@ -65,11 +65,6 @@ class Creds:
     caps: Caps | None
 
 
-def _triple(raw: Any, unknown: int) -> IdTriple:
-    saved = int(raw[2])
-    return IdTriple(int(raw[0]), int(raw[1]), None if saved == unknown else saved)
-
-
 def _creds(lib: Any, c: Any) -> Creds:
     unknown = lib.UP_ID_UNKNOWN
     n = c.ngroups
@@ -87,10 +82,10 @@ def _creds(lib: Any, c: Any) -> Creds:
         else None
     )
     return Creds(
-        uids=_triple(c.uid, unknown),
-        gids=_triple(c.gid, unknown),
-        libc_uids=_triple(c.libc_uid, unknown),
-        libc_gids=_triple(c.libc_gid, unknown),
+        uids=triple_from_c(c.uid, unknown),
+        gids=triple_from_c(c.gid, unknown),
+        libc_uids=triple_from_c(c.libc_uid, unknown),
+        libc_gids=triple_from_c(c.libc_gid, unknown),
         fsuid=None if c.fsuid == unknown else int(c.fsuid),
         fsgid=None if c.fsgid == unknown else int(c.fsgid),
         groups=groups,

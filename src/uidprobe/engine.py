@@ -44,6 +44,7 @@ __all__ = [
     "Transport",
     "default_engine",
     "emulation_reason",
+    "triple_from_c",
 ]
 
 #: Limits fixed by csrc/engine.h (checked against the compiled module in tests).
@@ -274,20 +275,21 @@ class Features:
         return True
 
 
-def _ids(raw: Any, unknown: int) -> IdTriple:
+def triple_from_c(raw: Any, unknown: int) -> IdTriple:
+    """An IdTriple from a C ``long long[3]`` (``unknown``: an unreadable saved id)."""
     saved = int(raw[2])
     return IdTriple(int(raw[0]), int(raw[1]), None if saved == unknown else saved)
 
 
 def _ids_or_none(raw: Any, unknown: int) -> IdTriple | None:
-    return None if int(raw[0]) == unknown else _ids(raw, unknown)
+    return None if int(raw[0]) == unknown else triple_from_c(raw, unknown)
 
 
 def _sibling(r: Any, unknown: int, max_groups: int) -> dict[str, Any]:
     n = r.sib_ngroups
     return {
-        "sibling_uids": _ids(r.sib_uid, unknown),
-        "sibling_gids": _ids(r.sib_gid, unknown),
+        "sibling_uids": triple_from_c(r.sib_uid, unknown),
+        "sibling_gids": triple_from_c(r.sib_gid, unknown),
         "sibling_groups": tuple(int(r.sib_groups[j]) for j in range(n)) if 0 <= n <= max_groups else None,
     }
 
@@ -511,8 +513,8 @@ class Engine:
                     step=steps[r.index],
                     ret=r.ret,
                     errno=r.err,
-                    uids=_ids(r.uid, unknown),
-                    gids=_ids(r.gid, unknown),
+                    uids=triple_from_c(r.uid, unknown),
+                    gids=triple_from_c(r.gid, unknown),
                     groups=tuple(int(r.groups[j]) for j in range(n)) if 0 <= n <= lib.UP_MAX_GROUPS else None,
                     kernel_uids=_ids_or_none(r.kuid, unknown),
                     kernel_gids=_ids_or_none(r.kgid, unknown),

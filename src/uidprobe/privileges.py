@@ -412,12 +412,9 @@ class _State:
         self.plans: dict[tuple[int, int, tuple[int, ...]], _Switch] = {}
 
 
-class _ThreadState(threading.local):
-    """The same, one per thread (scope="thread")."""
-
-    def __init__(self) -> None:
-        self.active: _Switch | None = None
-        self.plans: dict[tuple[int, int, tuple[int, ...]], _Switch] = {}
+class _ThreadState(_State, threading.local):
+    """The same, one per thread (scope="thread"): threading.local runs
+    ``__init__`` again in each thread that first touches it."""
 
 
 def _restore_if_active(cm: _AsUser) -> None:
