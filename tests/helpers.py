@@ -6,12 +6,15 @@ holds only fixtures, which pytest injects.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +153,31 @@ def in_user_namespace(
     Path(f"/proc/{proc.pid}/gid_map").write_text(gid_map)
     out, err = proc.communicate("go\n", timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@contextlib.contextmanager
+def archives_owned_by(
+    owners: dict[str, int], prefix: str, content: Callable[[str], bytes] = lambda name: b""
+) -> Iterator[list[Path]]:
+    """Mailing-list archives as the sendmail story has them: ``u/NAME/archive``,
+    mode 4600 and owned by NAME's uid, in a home (0755) NAME owns, under a
+    fresh 0755 directory in /tmp (pytest's own directories are 0700 root)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        (base / "u").mkdir(mode=0o755)
+        (base / "u").chmod(0o755)
+        paths = []
+        for name, uid in owners.items():
+            home = base / "u" / name
+            home.mkdir()
+            os.chown(home, uid, uid)
+            home.chmod(0o755)
+            archive = home / "archive"
+            archive.write_bytes(content(name))
+            os.chown(archive, uid, uid)
+            archive.chmod(0o4600)
+            paths.append(archive)
+        yield paths
+    finally:
+        shutil.rmtree(base)

@@ -9,16 +9,14 @@ file's owner.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, requires_root, requires_tools
+from helpers import ROOT, archives_owned_by, requires_root, requires_tools
 
 EXAMPLE = ROOT / "examples" / "archive_delivery.py"
 NO_DAC = ["setpriv", "--inh-caps=-dac_override,-fowner", "--bounding-set=-dac_override,-fowner"]
@@ -29,24 +27,8 @@ pytestmark = [requires_root, requires_tools]
 
 @pytest.fixture
 def archives() -> Iterator[list[Path]]:
-    base = Path(tempfile.mkdtemp(prefix="uidprobe-archive-", dir="/tmp"))
-    base.chmod(0o755)
-    paths = []
-    try:
-        for name, uid in OWNERS.items():
-            home = base / "u" / name
-            home.mkdir(parents=True)
-            (base / "u").chmod(0o755)
-            os.chown(home, uid, uid)
-            home.chmod(0o755)
-            archive = home / "archive"
-            archive.write_bytes(f"earlier message for {name}\n".encode())
-            os.chown(archive, uid, uid)
-            archive.chmod(0o4600)
-            paths.append(archive)
+    with archives_owned_by(OWNERS, "uidprobe-archive-", lambda name: f"earlier message for {name}\n".encode()) as paths:
         yield paths
-    finally:
-        shutil.rmtree(base)
 
 
 def deliver(

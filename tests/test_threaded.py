@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, requires_root, requires_tools, run_python
+from helpers import ROOT, archives_owned_by, requires_root, requires_tools, run_python
 from uidprobe.errors import NoMechanismError, PrivilegeError
 from uidprobe.privileges import Switcher
 
@@ -31,23 +29,8 @@ pytestmark = [requires_root]
 
 @pytest.fixture
 def archives() -> Iterator[list[Path]]:
-    base = Path(tempfile.mkdtemp(prefix="uidprobe-threaded-", dir="/tmp"))
-    base.chmod(0o755)
-    try:
-        paths = []
-        for name, uid in OWNERS.items():
-            home = base / name
-            home.mkdir()
-            os.chown(home, uid, uid)
-            home.chmod(0o755)
-            archive = home / "archive"
-            archive.write_bytes(b"")
-            os.chown(archive, uid, uid)
-            archive.chmod(0o4600)
-            paths.append(archive)
+    with archives_owned_by(OWNERS, "uidprobe-threaded-") as paths:
         yield paths
-    finally:
-        shutil.rmtree(base)
 
 
 def deliver(paths: list[Path], message: bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
