@@ -179,4 +179,58 @@ int up_spawn_batch(const char *runner,
                    struct up_record *records, struct up_outcome *outcomes,
                    int timeout_ms);
 
+// ----------------------------------------------------- a runner kept for reuse
+//
+// Starting the runner costs more than the probes it forks, so a caller that
+// probes repeatedly keeps one (wire.c).  It is started detached (the caller
+// reaps the first process at once; the one that serves is not the caller's
+// child, so an application's wait() never meets it), and it ends by itself:
+// on EOF (the caller closed its end, exec'd or died) or after `idle_ms`
+// without a request.  It holds the credentials the calling thread had when it
+// started, so it is used only while the thread's context is unchanged.
+
+// Everything about the calling thread that decides what its probe children
+// could do: credentials, no_new_privs, seccomp, the user namespace.
+struct up_context {
+    struct up_creds creds;       // with capabilities (UP_READ_CAPS)
+    int no_new_privs;
+    int seccomp;
+    unsigned long long userns_dev, userns_ino; // 0 where /proc does not tell
+};
+
+struct up_runner {
+    int pid;                     // the serving process (not this process's child)
+    int to, from;                // requests, replies (FD_CLOEXEC); -1 when closed
+    int pidfd;                   // kills it if it stops answering; -1 where unsupported
+    int owner;                   // getpid() of the process that started it
+    struct up_context ctx;       // the starting thread's context
+};
+
+// A runner failed before sending any byte of its reply (it had ended: idle,
+// killed): nothing was run on this request, so asking a new one is safe.
+#define UP_RUNNER_GONE 1
+
+// Read the calling thread's context (zeroed first, so two reads compare
+// with memcmp).
+void up_read_context(struct up_context *c);
+
+// Start `path` as a kept runner.  0, or an errno (r is then unusable).
+int up_runner_start(const char *path, int idle_ms, struct up_runner *r);
+
+// 1 when this process started `r`, it is open, and the calling thread's
+// context is the one it was started with; else 0 (close it, start another).
+int up_runner_fits(const struct up_runner *r);
+
+// up_spawn_batch() through a kept runner.  0; UP_RUNNER_GONE; or -1 with
+// outcomes[0].error set (the runner failed mid-reply or stopped answering:
+// it is killed where a pidfd allows).  After any non-zero return close it.
+int up_runner_batch(struct up_runner *r,
+                    const struct up_step *steps, const int *counts, int nscenarios,
+                    struct up_record *records, struct up_outcome *outcomes,
+                    int timeout_ms);
+
+// Close this process's ends (the runner sees EOF and exits).  In a forked
+// child (owner != getpid()) only the inherited descriptors are closed.
+void up_runner_close(struct up_runner *r);
+
 #endif

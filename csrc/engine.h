@@ -56,6 +56,9 @@ int up_read_exact(int fd, void *buf, size_t len, int timeout_ms);
 long long up_now_ms(void);
 // pipe() with FD_CLOEXEC on both ends.
 int up_pipe_cloexec(int fds[2]);
+// Keep up_run_batch()'s shared record mapping between batches (the runner
+// only: see spawn.c).
+void up_keep_shared(void);
 // Record a parent-side failure in `out`.
 void up_fail(struct up_outcome *out, const char *call, int err);
 

@@ -8,59 +8,136 @@
  * children.  The children are the engine's usual ones: they run only
  * async-signal-safe calls.
  *
- * stdin:  struct up_batch_header, int counts[n], struct up_step steps[total]
- * stdout: for each scenario, struct up_outcome then `nrecords` records
- * exit:   0 all ran; 1 bad input; 2 a child could not be started (the
- *         outcome of that scenario carries the errno; the rest still ran);
- *         3 output failed
+ *   _runner                  one request, then exit
+ *   _runner serve IDLE_MS    detach (fork; the first process exits at once),
+ *                            say hello, then answer requests until EOF or
+ *                            IDLE_MS without one (the kept runner of api.h)
+ *
+ * stdin:  per request: struct up_batch_header, int counts[n],
+ *         struct up_step steps[total]
+ * stdout: serve: first a struct up_batch_header hello (magic, this pid);
+ *         per request: for each scenario, struct up_outcome then `nrecords`
+ *         records
+ * exit:   0 all ran (serve: EOF or idle); 1 bad input; 2 a child could not
+ *         be started (the outcome of that scenario carries the errno; the
+ *         rest still ran; one-shot only); 3 output failed; 4 could not detach
  */
 #include "engine.h"
 
+#include <poll.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 // Scenarios run per chunk (up_run_batch runs a chunk concurrently), so memory
 // stays small whatever the batch size.
 #define CHUNK UP_WINDOW
 
-int main(void)
+// Buffers kept from one request to the next: allocating (and zeroing) a
+// chunk's records afresh each time costs more than forking the children.
+struct buffers {
+    int *counts;
+    size_t ncounts;
+    struct up_step *steps;
+    size_t nsteps;
+    struct up_record *records; // CHUNK * UP_MAX_STEPS; only what the children wrote is sent
+    struct up_outcome *outcomes;
+};
+
+// Grow *p to hold n items of `size` (contents not kept).  0 or -1.
+static int reserve(void **p, size_t *have, size_t n, size_t size)
 {
-    struct up_batch_header h;
-    if (up_read_exact(0, &h, sizeof h, -1) != 0 || h.magic != UP_BATCH_MAGIC || h.nscenarios < 0 ||
-        h.total_steps < 0 || h.timeout_ms <= 0)
+    if (n <= *have)
+        return 0;
+    free(*p);
+    *p = malloc(n * size);
+    *have = *p ? n : 0;
+    return *p ? 0 : -1;
+}
+
+// Answer one request whose header is `h`.  0, or the exit status.
+static int answer(const struct up_batch_header *h, struct buffers *b, int *forks_failed)
+{
+    if (h->magic != UP_BATCH_MAGIC || h->nscenarios < 0 || h->total_steps < 0 || h->timeout_ms <= 0)
         return 1;
-    int *counts = calloc((size_t)h.nscenarios + 1, sizeof *counts);
-    struct up_step *steps = calloc((size_t)h.total_steps + 1, sizeof *steps);
-    struct up_record *records = calloc((size_t)CHUNK * UP_MAX_STEPS, sizeof *records);
-    struct up_outcome *outcomes = calloc(CHUNK, sizeof *outcomes);
-    if (!counts || !steps || !records || !outcomes)
+    if (!b->records)
+        b->records = malloc((size_t)CHUNK * UP_MAX_STEPS * sizeof *b->records);
+    if (!b->outcomes)
+        b->outcomes = malloc(CHUNK * sizeof *b->outcomes);
+    if (!b->records || !b->outcomes ||
+        reserve((void **)&b->counts, &b->ncounts, (size_t)h->nscenarios + 1, sizeof *b->counts) != 0 ||
+        reserve((void **)&b->steps, &b->nsteps, (size_t)h->total_steps + 1, sizeof *b->steps) != 0)
         return 1;
-    if (up_read_exact(0, counts, (size_t)h.nscenarios * sizeof *counts, -1) != 0 ||
-        up_read_exact(0, steps, (size_t)h.total_steps * sizeof *steps, -1) != 0)
+    int *counts = b->counts;
+    if (up_read_exact(0, counts, (size_t)h->nscenarios * sizeof *counts, -1) != 0 ||
+        up_read_exact(0, b->steps, (size_t)h->total_steps * sizeof *b->steps, -1) != 0)
         return 1;
     long long sum = 0;
-    for (int i = 0; i < h.nscenarios; i++) {
+    for (int i = 0; i < h->nscenarios; i++) {
         if (counts[i] < 0 || counts[i] > UP_MAX_STEPS)
             return 1;
         sum += counts[i];
     }
-    if (sum != h.total_steps)
+    if (sum != h->total_steps)
         return 1;
 
-    const struct up_step *s = steps;
-    int status = 0;
-    for (int done = 0; done < h.nscenarios; done += CHUNK) {
-        int n = h.nscenarios - done < CHUNK ? h.nscenarios - done : CHUNK;
-        if (up_run_batch(s, counts + done, n, records, outcomes, h.timeout_ms) != 0)
-            status = 2;
+    const struct up_step *s = b->steps;
+    for (int done = 0; done < h->nscenarios; done += CHUNK) {
+        int n = h->nscenarios - done < CHUNK ? h->nscenarios - done : CHUNK;
+        if (up_run_batch(s, counts + done, n, b->records, b->outcomes, h->timeout_ms) != 0)
+            *forks_failed = 1;
         for (int i = 0; i < n; i++) {
-            struct up_outcome o = outcomes[i];
+            struct up_outcome o = b->outcomes[i];
             o.failed_call = NULL; // a pointer means nothing in the caller's process
             if (up_write_all(1, &o, sizeof o) != 0 ||
-                up_write_all(1, records + (size_t)i * UP_MAX_STEPS,
-                          (size_t)o.nrecords * sizeof *records) != 0)
+                up_write_all(1, b->records + (size_t)i * UP_MAX_STEPS, (size_t)o.nrecords * sizeof *b->records) != 0)
                 return 3;
             s += counts[done + i];
         }
     }
-    return status;
+    return 0;
+}
+
+static int serve(int idle_ms)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return 4;
+    if (pid > 0)
+        _exit(0); // the caller reaps this one; the server below is not its child
+    struct up_batch_header hello = {UP_BATCH_MAGIC, (int)getpid(), 0, 0};
+    struct buffers b = {0};
+    up_keep_shared();
+    if (up_write_all(1, &hello, sizeof hello) != 0)
+        return 3;
+    for (;;) {
+        struct pollfd p = {.fd = 0, .events = POLLIN};
+        int r = poll(&p, 1, idle_ms);
+        if (r == 0)
+            return 0; // idle: end, so no root process outlives its use
+        if (r < 0)
+            continue; // EINTR
+        struct up_batch_header h;
+        if (up_read_exact(0, &h, sizeof h, -1) != 0)
+            return 0; // EOF: the caller closed its end, exec'd or died
+        int failed = 0, status = answer(&h, &b, &failed);
+        if (status != 0)
+            return status;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "serve") == 0) {
+        int idle_ms = atoi(argv[2]);
+        return idle_ms > 0 ? serve(idle_ms) : 1;
+    }
+    if (argc != 1)
+        return 1;
+    struct up_batch_header h;
+    if (up_read_exact(0, &h, sizeof h, -1) != 0)
+        return 1;
+    struct buffers b = {0};
+    int failed = 0, status = answer(&h, &b, &failed);
+    return status != 0 ? status : failed ? 2 : 0;
 }

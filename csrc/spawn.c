@@ -322,6 +322,38 @@ static void copy_records(const struct up_shared *sh, int nsteps, struct up_recor
     out->completed = sh->completed && n == nsteps;
 }
 
+// The runner keeps its record mapping from batch to batch (up_keep_shared):
+// mapping and unmapping it, and the children faulting in fresh zeroed pages,
+// cost a tenth of a small batch.  Every child that could write to it is
+// reaped before up_run_batch() returns, so reuse is safe.  Never in the
+// caller's process: its own later fork()s would inherit the mapping.
+static struct {
+    int enabled;
+    struct up_shared *area;
+    size_t size;
+} kept;
+
+void up_keep_shared(void)
+{
+    kept.enabled = 1;
+}
+
+static struct up_shared *shared_area(size_t size)
+{
+    if (kept.enabled && kept.area != NULL && kept.size >= size)
+        return kept.area;
+    if (kept.enabled)
+        size = (size_t)UP_WINDOW * sizeof(struct up_shared); // map the largest once
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    if (kept.enabled) {
+        kept.area = p;
+        kept.size = size;
+    }
+    return p;
+}
+
 int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
                  struct up_record *records, struct up_outcome *outcomes,
                  int timeout_ms)
@@ -339,8 +371,8 @@ int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
     // the cost of small probes.
     int window = nscenarios < UP_WINDOW ? nscenarios : UP_WINDOW;
     size_t size = (size_t)window * sizeof(struct up_shared);
-    struct up_shared *sh = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (sh == MAP_FAILED) {
+    struct up_shared *sh = shared_area(size);
+    if (sh == NULL) {
         up_fail(&outcomes[0], "mmap", errno);
         return -1;
     }
@@ -358,6 +390,7 @@ int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
             s += counts[done + i];
         }
     }
-    munmap(sh, size);
+    if (sh != kept.area)
+        munmap(sh, size);
     return rc;
 }

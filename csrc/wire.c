@@ -5,6 +5,8 @@
  * up_spawn_batch() posix_spawn()s the runner program (runner.c), writes it
  * the header, the counts and the steps, and reads back each scenario's
  * outcome and records.  The runner forks the children (spawn.c).
+ *
+ * up_runner_*() keep one runner for many batches (api.h says when it ends).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
@@ -13,15 +15,21 @@
 #include "engine.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#endif
 
 static void close_once(int fd)
 {
@@ -46,8 +54,10 @@ int up_write_all(int fd, const void *buf, size_t len)
     return 0;
 }
 
-int up_read_exact(int fd, void *buf, size_t len, int timeout_ms)
+// up_read_exact(), also telling how many bytes came (*got) before a failure.
+static int read_counted(int fd, void *buf, size_t len, int timeout_ms, size_t *got)
 {
+    *got = 0;
     char *p = buf;
     long long deadline = timeout_ms < 0 ? -1 : up_now_ms() + timeout_ms;
     while (len > 0) {
@@ -76,9 +86,125 @@ int up_read_exact(int fd, void *buf, size_t len, int timeout_ms)
         if (n <= 0)
             return -1;
         p += n;
+        *got += (size_t)n;
         len -= (size_t)n;
     }
     return 0;
+}
+
+int up_read_exact(int fd, void *buf, size_t len, int timeout_ms)
+{
+    size_t got;
+    return read_counted(fd, buf, len, timeout_ms, &got);
+}
+
+// posix_spawn `argv[0]` with its stdin and stdout on two new pipes; our ends
+// (FD_CLOEXEC) in *to and *from.  0 or an errno.
+static int spawn_runner(char *const argv[], pid_t *pid, int *to, int *from)
+{
+    int in[2], out[2];
+    if (up_pipe_cloexec(in) != 0)
+        return errno;
+    if (up_pipe_cloexec(out) != 0) {
+        int e = errno;
+        close_once(in[0]);
+        close_once(in[1]);
+        return e;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);  // dup2 clears FD_CLOEXEC
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    int err = posix_spawn(pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close_once(in[0]);
+    close_once(out[1]);
+    if (err != 0) {
+        close_once(in[1]);
+        close_once(out[0]);
+        return err;
+    }
+    *to = in[1];
+    *from = out[0];
+    return 0;
+}
+
+// Send one request.  0, or an errno (EPIPE: the runner had ended).
+// SIGPIPE is not our business: a runner that died shows up as EPIPE here.
+static int send_batch(int fd, const struct up_step *steps, const int *counts, int nscenarios, int total,
+                      int timeout_ms)
+{
+    struct up_batch_header h = {UP_BATCH_MAGIC, nscenarios, total, timeout_ms};
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    int werr = 0;
+    if (up_write_all(fd, &h, sizeof h) != 0 ||
+        up_write_all(fd, counts, (size_t)nscenarios * sizeof *counts) != 0 ||
+        up_write_all(fd, steps, (size_t)total * sizeof *steps) != 0)
+        werr = errno;
+    if (werr == EPIPE) {
+        // Consume the SIGPIPE we caused, so it is not delivered on unblock.
+        struct timespec zero = {0, 0};
+        sigtimedwait(&pipe_set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return werr;
+}
+
+// Read one reply.  0; UP_RUNNER_GONE when not one byte came (EOF at once);
+// -1 with that scenario's outcome saying why.
+static int receive(int fd, const int *counts, int nscenarios, struct up_record *records,
+                   struct up_outcome *outcomes, int timeout_ms)
+{
+    // Every child is killed at its own deadline by the runner; this bound
+    // only guards against a runner that is itself stuck.
+    long long budget = (long long)timeout_ms * (nscenarios + 1) + 5000;
+    int limit = budget > 0x7fffffff ? 0x7fffffff : (int)budget;
+    for (int i = 0; i < nscenarios; i++) {
+        struct up_outcome *o = &outcomes[i];
+        size_t got;
+        if (read_counted(fd, o, sizeof *o, limit, &got) != 0) {
+            int e = errno;
+            memset(o, 0, sizeof *o);
+            if (i == 0 && e == EPIPE && got == 0)
+                return UP_RUNNER_GONE; // EOF before any reply: it had ended
+            up_fail(o, "runner", e);
+            return -1;
+        }
+        // A child the runner could not fork is that scenario's outcome.
+        o->failed_call = o->error ? "fork (in the runner)" : NULL;
+        if (o->nrecords < 0 || o->nrecords > counts[i] ||
+            up_read_exact(fd, records + (size_t)i * UP_MAX_STEPS, (size_t)o->nrecords * sizeof *records, limit) != 0) {
+            int e = errno ? errno : EPROTO;
+            memset(o, 0, sizeof *o);
+            up_fail(o, "runner", e);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+// Clear the outcomes and check the counts; the total step count, or -1
+// with outcomes[0] (or the bad scenario's outcome) saying why.
+static long long check_batch(const int *counts, int nscenarios, struct up_outcome *outcomes, int timeout_ms,
+                             const char *who)
+{
+    long long total = 0;
+    for (int i = 0; i < nscenarios; i++) {
+        memset(&outcomes[i], 0, sizeof outcomes[i]);
+        if (counts[i] < 0 || counts[i] > UP_MAX_STEPS) {
+            up_fail(&outcomes[i], who, EINVAL);
+            return -1;
+        }
+        total += counts[i];
+    }
+    if (nscenarios > 0 && (timeout_ms <= 0 || total > 0x7fffffff)) {
+        up_fail(&outcomes[0], who, EINVAL);
+        return -1;
+    }
+    return total;
 }
 
 int up_spawn_batch(const char *runner,
@@ -86,104 +212,181 @@ int up_spawn_batch(const char *runner,
                    struct up_record *records, struct up_outcome *outcomes,
                    int timeout_ms)
 {
-    int in[2], out[2];
-    long long total = 0;
-    for (int i = 0; i < nscenarios; i++) {
-        memset(&outcomes[i], 0, sizeof outcomes[i]);
-        if (counts[i] < 0 || counts[i] > UP_MAX_STEPS) {
-            up_fail(&outcomes[i], "up_spawn_batch", EINVAL);
-            return -1;
-        }
-        total += counts[i];
-    }
+    long long total = check_batch(counts, nscenarios, outcomes, timeout_ms, "up_spawn_batch");
+    if (total < 0)
+        return -1;
     if (nscenarios <= 0)
         return 0;
-    if (timeout_ms <= 0 || total > 0x7fffffff) {
-        up_fail(&outcomes[0], "up_spawn_batch", EINVAL);
-        return -1;
-    }
-    if (up_pipe_cloexec(in) != 0) {
-        up_fail(&outcomes[0], "pipe", errno);
-        return -1;
-    }
-    if (up_pipe_cloexec(out) != 0) {
-        up_fail(&outcomes[0], "pipe", errno);
-        close_once(in[0]);
-        close_once(in[1]);
-        return -1;
-    }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);  // dup2 clears FD_CLOEXEC
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     char *argv[] = {(char *)runner, NULL};
     pid_t pid;
-    int err = posix_spawn(&pid, runner, &fa, NULL, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    close_once(in[0]);
-    close_once(out[1]);
+    int to, from;
+    int err = spawn_runner(argv, &pid, &to, &from);
     if (err != 0) {
-        close_once(in[1]);
-        close_once(out[0]);
         up_fail(&outcomes[0], "posix_spawn", err);
         return -1;
     }
-
     // The runner reads all of its input before writing anything, so writing
-    // everything first cannot deadlock.  SIGPIPE is not our business: a
-    // runner that died early shows up as EPIPE here.
-    struct up_batch_header h = {UP_BATCH_MAGIC, nscenarios, (int)total, timeout_ms};
-    sigset_t pipe_set, old;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-    int werr = 0;
-    if (up_write_all(in[1], &h, sizeof h) != 0 ||
-        up_write_all(in[1], counts, (size_t)nscenarios * sizeof *counts) != 0 ||
-        up_write_all(in[1], steps, (size_t)total * sizeof *steps) != 0)
-        werr = errno;
-    close_once(in[1]);
-    if (werr == EPIPE) {
-        // Consume the SIGPIPE we caused, so it is not delivered on unblock.
-        struct timespec zero = {0, 0};
-        sigtimedwait(&pipe_set, NULL, &zero);
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-
-    // Every child is killed at its own deadline by the runner; this bound
-    // only guards against a runner that is itself stuck.
-    long long budget = (long long)timeout_ms * (nscenarios + 1) + 5000;
-    int limit = budget > 0x7fffffff ? 0x7fffffff : (int)budget;
+    // everything first cannot deadlock.
+    int werr = send_batch(to, steps, counts, nscenarios, (int)total, timeout_ms);
+    close_once(to);
     int rc = 0;
-    for (int i = 0; i < nscenarios && rc == 0 && werr == 0; i++) {
-        struct up_outcome *o = &outcomes[i];
-        if (up_read_exact(out[0], o, sizeof *o, limit) != 0) {
-            int e = errno;
-            memset(o, 0, sizeof *o);
-            up_fail(o, "runner", e);
-            rc = -1;
-            break;
-        }
-        // A child the runner could not fork is that scenario's outcome.
-        o->failed_call = o->error ? "fork (in the runner)" : NULL;
-        if (o->nrecords < 0 || o->nrecords > counts[i] ||
-            up_read_exact(out[0], records + (size_t)i * UP_MAX_STEPS,
-                          (size_t)o->nrecords * sizeof *records, limit) != 0) {
-            int e = errno ? errno : EPROTO;
-            memset(o, 0, sizeof *o);
-            up_fail(o, "runner", e);
-            rc = -1;
-        }
-    }
     if (werr) {
         up_fail(&outcomes[0], "write to runner", werr);
         rc = -1;
+    } else if (receive(from, counts, nscenarios, records, outcomes, timeout_ms) != 0) {
+        if (!outcomes[0].error)
+            up_fail(&outcomes[0], "runner", EPIPE);
+        rc = -1;
     }
-    close_once(out[0]);
+    close_once(from);
     if (rc != 0)
-        kill(pid, SIGKILL);
+        kill(pid, SIGKILL); // our unreaped child: the pid is still ours
     int status;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
     return rc;
+}
+
+// ------------------------------------------------------------ a kept runner
+
+void up_read_context(struct up_context *c)
+{
+    memset(c, 0, sizeof *c);
+    up_read_creds(&c->creds, UP_READ_CAPS);
+#ifdef __linux__
+    c->no_new_privs = prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0);
+    c->seccomp = prctl(PR_GET_SECCOMP, 0, 0, 0, 0);
+    struct stat st;
+    if (stat("/proc/thread-self/ns/user", &st) == 0) {
+        c->userns_dev = (unsigned long long)st.st_dev;
+        c->userns_ino = (unsigned long long)st.st_ino;
+    }
+#endif
+}
+
+static void runner_reset(struct up_runner *r)
+{
+    r->pid = -1;
+    r->to = r->from = r->pidfd = -1;
+    r->owner = 0;
+}
+
+static int open_pidfd(pid_t pid)
+{
+#if defined(__linux__) && defined(SYS_pidfd_open)
+    return (int)syscall(SYS_pidfd_open, pid, 0);
+#else
+    (void)pid;
+    return -1;
+#endif
+}
+
+static void kill_by_pidfd(int pidfd)
+{
+#if defined(__linux__) && defined(SYS_pidfd_send_signal)
+    if (pidfd >= 0)
+        (void)syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0);
+#else
+    (void)pidfd;
+#endif
+}
+
+int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
+{
+    runner_reset(r);
+    if (idle_ms <= 0)
+        return EINVAL;
+#ifdef __linux__
+    // Orphans are reparented to init, or to the nearest subreaper: where
+    // that is this process (PID 1 of a container, a service manager), the
+    // detached runner would come back as a child nobody reaps.
+    int subreaper = 0;
+    if (getpid() == 1 || (prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0) == 0 && subreaper))
+        return ECHILD;
+#endif
+    char idle[16];
+    int k = (int)sizeof idle - 1;
+    idle[k] = '\0';
+    do
+        idle[--k] = (char)('0' + idle_ms % 10);
+    while ((idle_ms /= 10) > 0 && k > 0);
+    char *argv[] = {(char *)path, "serve", idle + k, NULL};
+    pid_t first;
+    int err = spawn_runner(argv, &first, &r->to, &r->from);
+    if (err != 0)
+        return err;
+    // The first process forks the server and exits at once: reap it.
+    int status;
+    while (waitpid(first, &status, 0) < 0 && errno == EINTR)
+        ;
+    struct up_batch_header hello;
+    if (up_read_exact(r->from, &hello, sizeof hello, 5000) != 0 || hello.magic != UP_BATCH_MAGIC ||
+        hello.nscenarios <= 0) {
+        err = errno ? errno : EPROTO;
+        up_runner_close(r);
+        return err == EPIPE ? ENOEXEC : err; // EOF: an old runner without "serve", or it failed
+    }
+    r->pid = hello.nscenarios;
+    // The server holds the write end of `from` until it exits, so while the
+    // pipe shows no hang-up its pid cannot have been reused: open the pidfd
+    // first, then check.
+    r->pidfd = open_pidfd(r->pid);
+    struct pollfd p = {.fd = r->from, .events = POLLIN};
+    if (poll(&p, 1, 0) != 0) {
+        up_runner_close(r); // ended already (or wrote unasked): not ours to use
+        return EPROTO;
+    }
+    if (r->pidfd >= 0)
+        (void)fcntl(r->pidfd, F_SETFD, FD_CLOEXEC);
+    r->owner = (int)getpid();
+    up_read_context(&r->ctx);
+    return 0;
+}
+
+int up_runner_fits(const struct up_runner *r)
+{
+    if (r->to < 0 || r->owner != (int)getpid())
+        return 0;
+    struct up_context now;
+    up_read_context(&now);
+    return memcmp(&now, &r->ctx, sizeof now) == 0;
+}
+
+int up_runner_batch(struct up_runner *r,
+                    const struct up_step *steps, const int *counts, int nscenarios,
+                    struct up_record *records, struct up_outcome *outcomes,
+                    int timeout_ms)
+{
+    long long total = check_batch(counts, nscenarios, outcomes, timeout_ms, "up_runner_batch");
+    if (total < 0)
+        return -1;
+    if (nscenarios <= 0)
+        return 0;
+    if (r->to < 0) {
+        up_fail(&outcomes[0], "up_runner_batch", EBADF);
+        return -1;
+    }
+    int werr = send_batch(r->to, steps, counts, nscenarios, (int)total, timeout_ms);
+    if (werr == EPIPE)
+        return UP_RUNNER_GONE;
+    if (werr) {
+        up_fail(&outcomes[0], "write to runner", werr);
+        kill_by_pidfd(r->pidfd);
+        return -1;
+    }
+    int rc = receive(r->from, counts, nscenarios, records, outcomes, timeout_ms);
+    if (rc < 0)
+        kill_by_pidfd(r->pidfd); // stuck or garbled: it will not be asked again
+    return rc;
+}
+
+void up_runner_close(struct up_runner *r)
+{
+    if (r->to >= 0)
+        close_once(r->to);
+    if (r->from >= 0)
+        close_once(r->from);
+    if (r->pidfd >= 0)
+        close_once(r->pidfd);
+    runner_reset(r);
 }

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,10 +79,13 @@ def test_batch_gives_one_outcome_per_step_list_in_order() -> None:
     assert all(o.completed for o in outs)
 
 
-def test_runs_leave_no_open_fd_and_no_zombie() -> None:
+@pytest.mark.parametrize("keep_runner", [True, False], ids=["kept-runner", "runner-per-batch"])
+def test_runs_leave_no_open_fd_and_no_zombie(keep_runner: bool) -> None:
+    e = Engine(keep_runner=keep_runner)
     before = open_fds()
     for _ in range(50):
-        ENGINE.run([Step(Op.SETEUID, (os.geteuid(),))])
+        e.run([Step(Op.SETEUID, (os.geteuid(),))])
+    e.close()  # a kept runner's three descriptors are open until then
     assert open_fds() == before
     assert zombies_of_this_process() == []
 
@@ -212,3 +217,55 @@ def test_a_batch_split_over_parallel_runners_gives_the_same_traces_in_order() ->
     three = ENGINE.run_batch(batch, via="spawn", jobs=3)
     assert [o.records for o in one] == [o.records for o in three]
     assert [o.records[1].uids[1] for o in three] == [i % 7 + 1 for i in range(300)]
+
+
+def _fields_via_cffi(r: Any, unknown: int) -> tuple[object, ...]:
+    """A record read field by field through cffi: the reference the byte
+    decoder must agree with."""
+
+    def triple(raw: Any) -> tuple[int, int, int | None]:
+        a, b, c = (int(raw[i]) for i in range(3))
+        return (a, b, None if c == unknown else c)
+
+    g = r.ngroups
+    sg = r.sib_ngroups
+    sib = r.sib_known
+    return (
+        r.ret,
+        r.err,
+        triple(r.uid),
+        triple(r.gid),
+        tuple(int(r.groups[j]) for j in range(g)),
+        triple(r.kuid),
+        triple(r.kgid),
+        int(r.fsuid),
+        int(r.fsgid),
+        int(r.cap_eff),
+        int(r.cap_prm),
+        triple(r.sib_uid) if sib else None,
+        triple(r.sib_gid) if sib else None,
+        tuple(int(r.sib_groups[j]) for j in range(sg)) if sib else None,
+    )
+
+
+@requires_root
+def test_records_decoded_from_bytes_agree_with_the_c_struct_field_by_field() -> None:
+    steps = [
+        Step(Op.THREAD_START, ()),
+        Step(Op.SETGROUPS, (7, 8, 9)),
+        Step(Op.SETRESGID, (5, 6, 7)),
+        Step(Op.SETRESUID, (1, 2, 3)),
+        Step(Op.SETUID, (0,)),  # fails: EPERM, ids unchanged
+    ]
+    ffi, lib = ENGINE.ffi, ENGINE.lib
+    c_steps = ffi.from_buffer("struct up_step[]", ENGINE._pack_steps([steps]))
+    c_records = ffi.new("struct up_record[]", engine.MAX_STEPS)
+    c_out = ffi.new("struct up_outcome[]", 1)
+    lib.up_run_batch(c_steps, ffi.new("int[]", [len(steps)]), 1, c_records, c_out, 5000)
+    decoded = ENGINE._outcome(steps, c_records, c_out[0]).records
+    assert len(decoded) == len(steps)
+    for i, rec in enumerate(decoded):
+        assert rec.step is steps[i]
+        assert tuple(rec)[1:] == _fields_via_cffi(c_records[i], lib.UP_ID_UNKNOWN)
+    assert decoded[3].sibling_uids == (0, 0, 0) and decoded[3].kernel_uids == (1, 2, 3)
+    assert decoded[4].errno == errno.EPERM

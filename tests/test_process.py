@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from uidprobe.ids import Family, IdSet, validate_ids
-from uidprobe.process import IdMap, ProcessState, choose_ids
+from uidprobe.process import IdMap, ProcessState, choose_ids, read_state
 
 FULL = IdMap("/proc/self/uid_map", ((0, 0, 4294967295),))
 
@@ -78,3 +80,31 @@ def test_uid_probes_do_not_need_cap_setgid() -> None:
 
 def test_non_root_with_both_caps_can_switch() -> None:
     assert state(1000, True, True).cannot_switch(Family.GID) is None
+
+
+def _fake_proc(root: Path, uid_map: str, gid_map: str, setgroups: str = "allow") -> str:
+    (root / "ns").mkdir(exist_ok=True)
+    (root / "ns" / "user").write_text("")  # its identity (device, inode) keys the cache
+    (root / "uid_map").write_text(uid_map)
+    (root / "gid_map").write_text(gid_map)
+    (root / "setgroups").write_text(setgroups + "\n")
+    return str(root)
+
+
+def test_a_namespace_whose_maps_are_not_yet_written_is_read_again(tmp_path: Path) -> None:
+    proc = _fake_proc(tmp_path, "", "")
+    assert read_state(proc).uid_map == IdMap(f"{proc}/uid_map", ())
+    _fake_proc(tmp_path, "0 100000 65536\n", "0 100000 65536\n", "deny")
+    state = read_state(proc)
+    assert state.uid_map is not None and state.uid_map.ranges == ((0, 100000, 65536),)
+    assert state.setgroups_allowed is False
+
+
+def test_a_namespaces_written_maps_are_read_once(tmp_path: Path) -> None:
+    # Written maps are final (the kernel refuses a second write), and so is
+    # setgroups once gid_map is written: later runs need not read them again.
+    proc = _fake_proc(tmp_path, "0 0 4294967295\n", "0 0 4294967295\n")
+    first = read_state(proc)
+    _fake_proc(tmp_path, "0 1 1\n", "0 1 1\n", "deny")
+    again = read_state(proc)
+    assert (again.uid_map, again.gid_map, again.setgroups_allowed) == (first.uid_map, first.gid_map, True)

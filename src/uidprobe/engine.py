@@ -7,7 +7,8 @@ is ``verdicts``) or which steps to run (``probes`` and ``plan``).
 
 One ``Engine`` object owns the loaded library and what was learned about it
 (the runner program beside it, the calls the build found, the calls seen to
-work at run time).  ``default_engine()`` loads the installed one on first
+work at run time), and the runner it keeps between batches (see
+``RUNNER_IDLE_MS``).  ``default_engine()`` loads the installed one on first
 use, never at import, so that reading a persisted verdict
 (``uidprobe.config``) loads no C extension and forks nothing.  Tests build
 an Engine from another build of the C (one without getresuid) or without a
@@ -20,10 +21,12 @@ import enum
 import errno as errno_mod
 import os
 import signal
+import struct
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from uidprobe.errors import EngineError
 from uidprobe.ids import IdTriple
@@ -34,6 +37,7 @@ __all__ = [
     "MAX_ARGS",
     "MAX_STEPS",
     "MAX_SWITCH_GROUPS",
+    "RUNNER_IDLE_MS",
     "Engine",
     "EngineError",
     "Features",
@@ -42,6 +46,7 @@ __all__ = [
     "Record",
     "Step",
     "Transport",
+    "close_kept_runners",
     "default_engine",
     "emulation_reason",
     "triple_from_c",
@@ -52,6 +57,12 @@ MAX_ARGS = 8
 MAX_STEPS = 64
 #: The most supplementary groups an in-process switch sets and verifies.
 MAX_SWITCH_GROUPS = 256
+#: How long a kept runner waits for the next batch before it ends by itself.
+#: Starting one costs more than the probes it forks, so repeated runs reuse
+#: it; the wait is short so that a root process does not outlive its use (a
+#: caller that drops root with its own os.setuid keeps a way to it for at
+#: most this long; uidprobe's own drop closes it first).
+RUNNER_IDLE_MS = 500
 
 CallFamily = Literal["uid", "gid", "groups", "caps", "thread"]
 
@@ -159,15 +170,15 @@ def emulation_reason(which: str, libc: object, kernel: object) -> str:
     return f"the C library reports {which} {libc} but the kernel holds {kernel}: an emulated root such as fakeroot"
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):
     """What the child saw after one step: the call's result and every id.
 
     ``uids`` and ``gids`` are as the C library reads them back; saved is
     ``None`` when it cannot (no getresuid).  ``kernel_uids`` and
     ``kernel_gids`` are the same as the kernel reports them by raw system
     call: an emulated C library (fakeroot) can fake the first pair but not
-    these.
+    these.  A named tuple: a suite run reads back dozens of these, and a
+    tuple is built several times faster than a frozen dataclass.
     """
 
     step: Step
@@ -206,6 +217,8 @@ class Record:
         LD_PRELOAD emulation such as fakeroot answers the calls.  Only ids
         both sides could read are compared.
         """
+        if self.uids == self.kernel_uids and self.gids == self.kernel_gids:
+            return None  # the usual case, compared at C speed
         for what, lib, kern in (("uid", self.uids, self.kernel_uids), ("gid", self.gids, self.kernel_gids)):
             if kern is None:
                 continue
@@ -281,17 +294,98 @@ def triple_from_c(raw: Any, unknown: int) -> IdTriple:
     return IdTriple(int(raw[0]), int(raw[1]), None if saved == unknown else saved)
 
 
-def _ids_or_none(raw: Any, unknown: int) -> IdTriple | None:
-    return None if int(raw[0]) == unknown else triple_from_c(raw, unknown)
+#: struct codes for the C field types of struct up_record
+_CODES = {"int": "i", "long long": "q", "unsigned long long": "Q"}
 
 
-def _sibling(r: Any, unknown: int, max_groups: int) -> dict[str, Any]:
-    n = r.sib_ngroups
-    return {
-        "sibling_uids": triple_from_c(r.sib_uid, unknown),
-        "sibling_gids": triple_from_c(r.sib_gid, unknown),
-        "sibling_groups": tuple(int(r.sib_groups[j]) for j in range(n)) if 0 <= n <= max_groups else None,
-    }
+def _layout(ffi: Any, ctype: str) -> tuple[struct.Struct, dict[str, int]]:
+    """A ``struct`` format for a C struct, laid out from cffi's own view of
+    it (offsets, array lengths, padding), and where each field's first value
+    sits in the flat tuple it packs and unpacks."""
+    t = ffi.typeof(ctype)
+    fmt, pos, at, n = "=", 0, {}, 0
+    for name, field in t.fields:
+        ftype, count = field.type, 1
+        if ftype.kind == "array":
+            ftype, count = ftype.item, ftype.length
+        if field.offset > pos:
+            fmt += f"{field.offset - pos}x"
+        fmt += f"{count}{_CODES[ftype.cname]}"
+        at[name] = n
+        n += count
+        pos = field.offset + ffi.sizeof(field.type)
+    fmt += f"{ffi.sizeof(t) - pos}x"
+    packer = struct.Struct(fmt)
+    if packer.size != ffi.sizeof(t):
+        raise EngineError(errno_mod.EPROTO, f"cannot lay out {ctype}")
+    return packer, at
+
+
+class _RecordDecoder:
+    """Turns the C engine's record array into Records.
+
+    A record is one ``struct.unpack_from`` (see ``_layout``) instead of
+    dozens of cffi attribute reads.  What a record says is a pure function of
+    its bytes, and a suite run reads back the same few dozen records each
+    time, so each distinct record is decoded once (bounded cache); only the
+    Step it belongs to is attached per run.
+    """
+
+    def __init__(self, ffi: Any, lib: Any) -> None:
+        self.struct, self.at = _layout(ffi, "struct up_record")
+        self.size = self.struct.size
+        self.unknown = int(lib.UP_ID_UNKNOWN)
+        self.max_groups = int(lib.UP_MAX_GROUPS)
+        self._decoded: dict[bytes, tuple[int, tuple[Any, ...]]] = {}
+
+    def _decode(self, raw: bytes) -> tuple[int, tuple[Any, ...]]:
+        """(step index, the Record's fields after ``step``)."""
+        at, unknown = self.at, self.unknown
+        v = self.struct.unpack(raw)
+
+        def triple(name: str) -> IdTriple:
+            i = at[name]
+            return IdTriple(v[i], v[i + 1], None if v[i + 2] == unknown else v[i + 2])
+
+        def ids(name: str) -> int | None:
+            return None if v[at[name]] == unknown else v[at[name]]
+
+        def groups(count: str, items: str) -> tuple[int, ...] | None:
+            n, i = v[at[count]], at[items]
+            return v[i : i + n] if 0 <= n <= self.max_groups else None
+
+        caps, sib = v[at["caps_known"]], v[at["sib_known"]]
+        return v[at["index"]], (
+            v[at["ret"]],
+            v[at["err"]],
+            triple("uid"),
+            triple("gid"),
+            groups("ngroups", "groups"),
+            None if v[at["kuid"]] == unknown else triple("kuid"),
+            None if v[at["kgid"]] == unknown else triple("kgid"),
+            ids("fsuid"),
+            ids("fsgid"),
+            v[at["cap_eff"]] if caps else None,
+            v[at["cap_prm"]] if caps else None,
+            triple("sib_uid") if sib else None,
+            triple("sib_gid") if sib else None,
+            groups("sib_ngroups", "sib_groups") if sib else None,
+        )
+
+    def records(self, buf: Any, count: int, steps: Sequence[Step]) -> list[Record]:
+        size, decoded, out = self.size, self._decoded, []
+        for k in range(count):
+            raw = buf[k * size : (k + 1) * size]
+            hit = decoded.get(raw)
+            if hit is None:
+                if len(decoded) >= 4096:  # records vary only with the ids probed: a bound for safety
+                    decoded.clear()
+                hit = decoded[raw] = self._decode(raw)
+            index, fields = hit
+            if not 0 <= index < len(steps):
+                break  # defensive: a record we did not ask for ends the trace
+            out.append(Record(steps[index], *fields))
+        return out
 
 
 def _timeout_ms(timeout: float) -> int:
@@ -313,10 +407,23 @@ class Engine:
     that asks for AUTO goes through the runner or not at all, never forked
     from here instead (``uidprobe --runner PATH`` probes that runner's C
     library and no other).
+
+    A batch of one job goes to a *kept* runner: started detached (not this
+    process's child), reused while the calling thread's credentials,
+    capabilities, no_new_privs, seccomp mode and user namespace are the ones
+    it was started with, and ended by EOF (``close()``, exec, exit, a forked
+    child closes its copy) or after ``RUNNER_IDLE_MS`` without a batch.
+    ``keep_runner=False`` spawns one per batch instead.
     """
 
-    def __init__(self, module: Any = None, runner: str | None = _UNSET, *, fallback: bool = True) -> None:
+    def __init__(
+        self, module: Any = None, runner: str | None = _UNSET, *, fallback: bool = True, keep_runner: bool = True
+    ) -> None:
         self.fallback = fallback
+        #: keep one runner between batches (False: spawn one per batch)
+        self.keep_runner = keep_runner
+        self._kept: Any = None  # struct up_runner *, while one is open
+        self._kept_lock = threading.Lock()
         if module is None:
             from uidprobe import _engine
 
@@ -338,6 +445,8 @@ class Engine:
             thread_ops=bool(f & lib.UP_HAVE_THREAD_OPS),
         )
         self._learned: dict[tuple[int | None, int | None], Features] = {}
+        self._decoder = _RecordDecoder(self.ffi, self.lib)
+        self._step_struct, _ = _layout(self.ffi, "struct up_step")
         self._lock = threading.Lock()
 
     # ------------------------------------------------------ run-time features
@@ -436,15 +545,7 @@ class Engine:
         if n == 0:
             return []
         ffi, lib = self.ffi, self.lib
-        c_steps = ffi.new("struct up_step[]", max(1, sum(len(s) for s in scenarios)))
-        i = 0
-        for s in scenarios:
-            for step in s:
-                c = c_steps[i]
-                c.op, c.nargs = int(step.op), len(step.args)
-                for j, a in enumerate(step.args):
-                    c.args[j] = a
-                i += 1
+        c_steps = ffi.from_buffer("struct up_step[]", self._pack_steps(scenarios))
         counts = ffi.new("int[]", [len(s) for s in scenarios])
         c_records = ffi.new("struct up_record[]", n * MAX_STEPS)
         c_outs = ffi.new("struct up_outcome[]", n)
@@ -454,7 +555,15 @@ class Engine:
         if via is Transport.SPAWN and runner is None:
             raise EngineError(errno_mod.ENOENT, "the runner program is not installed or not executable")
         if runner is not None:
-            rc = self._spawn(runner.encode(), c_steps, counts, n, c_records, c_outs, timeout_ms, jobs)
+            args = (c_steps, counts, n, c_records, c_outs, timeout_ms)
+            rc = None
+            if jobs == 1 and self.keep_runner and self._kept_lock.acquire(blocking=False):
+                try:  # busy (another thread's batch): that one runs on its own runner
+                    rc = self._kept_batch(runner.encode(), args)
+                finally:
+                    self._kept_lock.release()
+            if rc is None:
+                rc = self._spawn(runner.encode(), *args, jobs)
             if rc != 0 and via is Transport.AUTO:
                 runner = None  # fall back: fork from this process
         if runner is None:
@@ -492,8 +601,75 @@ class Engine:
             t.join()
         return 0 if all(c == 0 for c in codes) else -1
 
+    def _pack_steps(self, scenarios: Sequence[Sequence[Step]]) -> bytearray:
+        """Every scenario's steps, back to back, as C ``struct up_step``s."""
+        packer = self._step_struct
+        buf = bytearray(packer.size * max(1, sum(len(s) for s in scenarios)))
+        pad = (0,) * MAX_ARGS
+        i = 0
+        for s in scenarios:
+            for step in s:
+                args = step.args
+                if len(args) > MAX_ARGS:
+                    raise ValueError(f"{step.op.call}: at most {MAX_ARGS} arguments in a probe step")
+                packer.pack_into(buf, i, int(step.op), len(args), *args, *pad[len(args) :])
+                i += packer.size
+        return buf
+
+    # --------------------------------------------------------- kept runner
+
+    def _kept_batch(self, runner: bytes, args: tuple[Any, ...]) -> int | None:
+        """The batch through the kept runner (started or replaced as needed).
+
+        None: no kept runner could serve it (this runner program cannot
+        serve, or a fresh one ended before answering); spawn one instead.
+        Called with ``_kept_lock`` held.
+        """
+        lib = self.lib
+        for _ in range(2):
+            r = self._kept
+            if r is not None and not lib.up_runner_fits(r):
+                self._close_kept()  # identity or sandbox changed, or a forked child
+                r = None
+            if r is None:
+                r = self.ffi.gc(self.ffi.new("struct up_runner *"), lib.up_runner_close)
+                if lib.up_runner_start(runner, RUNNER_IDLE_MS, r) != 0:
+                    self.keep_runner = False  # e.g. a --runner that cannot serve: do not ask again
+                    return None
+                self._kept = r
+                _track(self)
+            rc = int(lib.up_runner_batch(r, *args))
+            if rc != 0:
+                self._close_kept()
+            if rc != lib.UP_RUNNER_GONE:
+                return rc
+        return None  # it had ended (idle, killed), and so had a fresh one
+
+    def _close_kept(self) -> None:
+        r, self._kept = self._kept, None
+        if r is not None:
+            self.lib.up_runner_close(r)
+
+    @property
+    def runner_pid(self) -> int | None:
+        """The kept runner's pid while one is open (diagnostics, tests)."""
+        r = self._kept
+        return int(r.pid) if r is not None else None
+
+    def close(self) -> None:
+        """End the kept runner now (it sees EOF and exits); the next batch
+        starts another.  Waits for a batch in progress."""
+        with self._kept_lock:
+            self._close_kept()
+
+    def _forget_after_fork(self) -> None:
+        # The child of os.fork(): close the inherited ends so the parent's
+        # runner is not reachable from here, and start afresh.
+        self._kept_lock = threading.Lock()  # may have been held by another thread
+        self._close_kept()
+
     def _outcome(self, steps: Sequence[Step], c_records: Any, c_out: Any) -> Outcome:
-        ffi, lib = self.ffi, self.lib
+        ffi = self.ffi
         if c_out.error:
             # Fork or pipe failed (EAGAIN under a pids limit, ENOMEM): no
             # child, so no evidence.  An outcome, not an exception: the
@@ -501,30 +677,8 @@ class Engine:
             call = ffi.string(c_out.failed_call).decode() if c_out.failed_call else "fork"
             name = errno_mod.errorcode.get(c_out.error, str(c_out.error))
             return Outcome(records=(), completed=False, error=f"{call} failed: {name} ({os.strerror(c_out.error)})")
-        unknown = lib.UP_ID_UNKNOWN
-        records = []
-        for i in range(c_out.nrecords):
-            r = c_records[i]
-            if not 0 <= r.index < len(steps):
-                break  # defensive: a record we did not ask for ends the trace
-            n = r.ngroups
-            records.append(
-                Record(
-                    step=steps[r.index],
-                    ret=r.ret,
-                    errno=r.err,
-                    uids=triple_from_c(r.uid, unknown),
-                    gids=triple_from_c(r.gid, unknown),
-                    groups=tuple(int(r.groups[j]) for j in range(n)) if 0 <= n <= lib.UP_MAX_GROUPS else None,
-                    kernel_uids=_ids_or_none(r.kuid, unknown),
-                    kernel_gids=_ids_or_none(r.kgid, unknown),
-                    fsuid=None if r.fsuid == unknown else int(r.fsuid),
-                    fsgid=None if r.fsgid == unknown else int(r.fsgid),
-                    cap_effective=int(r.cap_eff) if r.caps_known else None,
-                    cap_permitted=int(r.cap_prm) if r.caps_known else None,
-                    **(_sibling(r, unknown, lib.UP_MAX_GROUPS) if r.sib_known else {}),
-                )
-            )
+        n = max(0, min(int(c_out.nrecords), MAX_STEPS))
+        records = self._decoder.records(ffi.buffer(c_records, n * self._decoder.size), n, steps)
         return Outcome(
             records=tuple(records),
             completed=bool(c_out.completed) and len(records) == len(steps),
@@ -533,6 +687,31 @@ class Engine:
             signal=c_out.signal if c_out.signaled else None,
             status_known=bool(c_out.exited or c_out.signaled),
         )
+
+
+_KEPT: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines that started a kept runner
+_KEPT_LOCK = threading.Lock()
+_AT_FORK: list[bool] = []  # the fork hook is registered (once, at the first kept runner)
+
+
+def _track(engine: Engine) -> None:
+    with _KEPT_LOCK:
+        if not _AT_FORK:
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _AT_FORK.append(True)
+        _KEPT.add(engine)
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_KEPT):
+        engine._forget_after_fork()
+
+
+def close_kept_runners() -> None:
+    """End every runner this process keeps (before a permanent drop: none
+    may stay reachable from the dropped process)."""
+    for engine in list(_KEPT):
+        engine.close()
 
 
 _DEFAULT: list[Engine] = []  # at most one: the installed engine, once loaded

@@ -81,7 +81,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
 from uidprobe.creds import Caps, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
-from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, default_engine
+from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, close_kept_runners, default_engine
 from uidprobe.errors import InvalidTargetError, NoMechanismError, PrivilegeError, VerificationError
 from uidprobe.ids import MAX_ID, IdTriple
 
@@ -740,6 +740,8 @@ class Switcher:
         start = current_identity(engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"dropping privileges needs effective uid 0, not {start.uids[1]}")
+        # A kept runner holds root: the dropped process must have no way to it.
+        close_kept_runners()
         m = self.mechanism
         t = _Tracker(start)
         t.groups_to(wanted)

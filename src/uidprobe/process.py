@@ -53,6 +53,8 @@ class ProcessState:
     uid_map: IdMap | None
     gid_map: IdMap | None
     setgroups_allowed: bool
+    #: the kernel's overflow uid/gid, read only where a map lacks the default
+    #: ids (choose_ids then searches it and must skip them); else empty
     overflow_ids: frozenset[int] = field(default_factory=frozenset)
     #: why the C library's ids cannot be believed (an emulated root), or None
     emulation: str | None = None
@@ -140,6 +142,32 @@ def _overflow_ids() -> frozenset[int]:
     return frozenset(ids)
 
 
+#: A user namespace's maps and setgroups answer, once both maps are written
+#: (then none of the three can change), keyed by the namespace's identity.
+_NAMESPACE_FACTS: dict[tuple[str, int, int], tuple[IdMap | None, IdMap | None, bool]] = {}
+
+
+def _namespace_facts(proc: str) -> tuple[IdMap | None, IdMap | None, bool]:
+    """(uid_map, gid_map, setgroups allowed) of ``proc``'s user namespace."""
+    try:
+        ns = os.stat(f"{proc}/ns/user")
+        key: tuple[str, int, int] | None = (proc, ns.st_dev, ns.st_ino)
+    except OSError:
+        key = None
+    known = _NAMESPACE_FACTS.get(key) if key is not None else None
+    if known is not None:
+        return known
+    setgroups_text = _read(f"{proc}/setgroups")
+    facts = (
+        _parse_map(f"{proc}/uid_map"),
+        _parse_map(f"{proc}/gid_map"),
+        setgroups_text is None or setgroups_text.strip() != "deny",
+    )
+    if key is not None and facts[0] is not None and facts[0].ranges and facts[1] is not None and facts[1].ranges:
+        _NAMESPACE_FACTS[key] = facts  # written maps are final, and setgroups with them
+    return facts
+
+
 def read_state(proc: str = "/proc/self") -> ProcessState:
     """The current process's privilege facts (Linux: from /proc)."""
     euid = os.geteuid()
@@ -147,16 +175,19 @@ def read_state(proc: str = "/proc/self") -> ProcessState:
     status = _read("/proc/self/status") if linux else None
     caps = _effective_caps(status)
     caps_known = caps is not None
-    setgroups_text = _read(f"{proc}/setgroups")
+    uid_map, gid_map, setgroups_allowed = _namespace_facts(proc)
+    # Overflow ids matter only where choose_ids must search a map that lacks
+    # the default ids (a user namespace): read the sysctls only then.
+    searched = any(m is not None and not all(m.contains(i) for i in DEFAULT_IDS) for m in (uid_map, gid_map))
     return ProcessState(
         euid=euid,
         cap_setuid=bool(caps >> CAP_SETUID & 1) if caps is not None else euid == 0,
         cap_setgid=bool(caps >> CAP_SETGID & 1) if caps is not None else euid == 0,
         caps_known=caps_known,
-        uid_map=_parse_map(f"{proc}/uid_map"),
-        gid_map=_parse_map(f"{proc}/gid_map"),
-        setgroups_allowed=setgroups_text is None or setgroups_text.strip() != "deny",
-        overflow_ids=_overflow_ids(),
+        uid_map=uid_map,
+        gid_map=gid_map,
+        setgroups_allowed=setgroups_allowed,
+        overflow_ids=_overflow_ids() if searched else frozenset(),
         emulation=_emulation(status),
     )
 

@@ -9,7 +9,6 @@ made by the engine's children.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 
@@ -24,7 +23,20 @@ from uidprobe.verdicts import Kind, Result
 
 #: Plans are pure functions of (probe, ids, features) and immutable: made
 #: once, they are reused by every later run (planning costs milliseconds).
-_plan = functools.lru_cache(maxsize=256)(plan)
+#: Keyed by the probe's name: hashing the Probe itself (a deep table entry)
+#: would cost more than a run's other bookkeeping.
+_PLANS: dict[tuple[str, IdSet, IdSet, Features], Plan] = {}
+
+
+def _plan(p: Probe, uids: IdSet, gids: IdSet, feats: Features) -> Plan:
+    key = (p.name, uids, gids, feats)
+    made = _PLANS.get(key)
+    if made is None:
+        if len(_PLANS) >= 256:  # other ids, other features: a bound, as the lru_cache had
+            _PLANS.clear()
+        made = _PLANS[key] = plan(p, uids, gids, feats)
+    return made
+
 
 __all__ = ["DECLARED", "NAMES", "run"]
 

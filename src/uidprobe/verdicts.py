@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import errno
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from uidprobe.engine import Outcome, Record, Step
 from uidprobe.ids import IdPattern, IdTriple
@@ -29,22 +30,50 @@ class Kind(str, enum.Enum):
     DECLARED = "declared"  # what sysconf says, not a test
 
 
-@dataclass(frozen=True)
-class TraceLine:
-    """One call of a probe: what was required and what the child saw."""
+class TraceLine(NamedTuple):
+    """One call of a probe: what was required (the planned step) and what
+    the child saw."""
 
-    step: Step
-    role: Role
-    expect_ok: bool
-    expect_uids: IdPattern | None
-    expect_gids: IdPattern | None
-    expect_groups: tuple[int, ...] | None
+    planned: PlannedStep
     record: Record | None  # None: the child never reported this step
     mismatch: str | None  # why the observation broke the requirement
-    #: what the child's second thread had to read back (THREAD_CREDENTIALS)
-    expect_sibling_uids: IdPattern | None = None
-    expect_sibling_gids: IdPattern | None = None
-    expect_sibling_groups: tuple[int, ...] | None = None
+
+    @property
+    def step(self) -> Step:
+        return self.planned.step
+
+    @property
+    def role(self) -> Role:
+        return self.planned.role
+
+    @property
+    def expect_ok(self) -> bool:
+        return self.planned.ok
+
+    @property
+    def expect_uids(self) -> IdPattern | None:
+        return self.planned.uids
+
+    @property
+    def expect_gids(self) -> IdPattern | None:
+        return self.planned.gids
+
+    @property
+    def expect_groups(self) -> tuple[int, ...] | None:
+        return self.planned.groups
+
+    @property
+    def expect_sibling_uids(self) -> IdPattern | None:
+        """What the child's second thread had to read back (THREAD_CREDENTIALS)."""
+        return self.planned.sibling_uids
+
+    @property
+    def expect_sibling_gids(self) -> IdPattern | None:
+        return self.planned.sibling_gids
+
+    @property
+    def expect_sibling_groups(self) -> tuple[int, ...] | None:
+        return self.planned.sibling_groups
 
     def describe(self) -> str:
         """``after seteuid(2): should be real 1 / effective 2 / saved 0, is ...``."""
@@ -119,8 +148,8 @@ def _fmt(t: IdPattern | IdTriple, unknown: str = "?") -> str:
 
 def _compare(what: str, expected: IdPattern | None, got: IdTriple) -> tuple[str | None, bool]:
     """(mismatch, inferred): inferred is True when saved could not be read."""
-    if expected is None:
-        return None, False
+    if expected is None or expected == got:
+        return None, False  # equal as tuples: no mismatch, nothing unread that was asked for
     inferred = False
     for name, e, g in zip(("real", "effective", "saved"), expected, got):
         if e is None:
@@ -210,21 +239,7 @@ def evaluate(plan: Plan, outcome: Outcome) -> Result:
                 decided = (None, f"refused while privileged, so a security policy blocks it: {mismatch}")
             elif mismatch:
                 decided = (False, mismatch)
-        lines.append(
-            TraceLine(
-                step=p.step,
-                role=p.role,
-                expect_ok=p.ok,
-                expect_uids=p.uids,
-                expect_gids=p.gids,
-                expect_groups=p.groups,
-                record=r,
-                mismatch=mismatch,
-                expect_sibling_uids=p.sibling_uids,
-                expect_sibling_gids=p.sibling_gids,
-                expect_sibling_groups=p.sibling_groups,
-            )
-        )
+        lines.append(TraceLine(p, r, mismatch))
         before = r
     trace = tuple(lines)
     if decided is None and not outcome.completed:
