@@ -46,6 +46,13 @@ def _ended(pid: int, within: float = 10.0) -> bool:
     return False
 
 
+def _keep(e: Engine) -> int:
+    """Two batches in a row: the second starts the kept runner.  Its pid."""
+    assert e.run(LOOK).completed and e.run(LOOK).completed
+    assert e.runner_pid is not None
+    return e.runner_pid
+
+
 def _ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
@@ -53,21 +60,27 @@ def _ppid(pid: int) -> int:
 def test_repeated_batches_are_served_by_one_runner() -> None:
     e = Engine()
     try:
-        assert e.run(LOOK).completed
-        first = e.runner_pid
+        first = _keep(e)
         for _ in range(5):
             assert e.run(LOOK).completed
-        assert first is not None and e.runner_pid == first
+        assert e.runner_pid == first
     finally:
         e.close()
+
+
+def test_a_lone_batch_leaves_no_runner_behind() -> None:
+    # The command line, a live probe at import, configure: one batch each.
+    e = Engine()
+    assert e.run(LOOK).completed
+    assert e.runner_pid is None
+    assert zombies_of_this_process() == []
 
 
 def test_the_kept_runner_is_not_a_child_of_the_caller() -> None:
     e = Engine()
     try:
-        e.run(LOOK)
-        pid = e.runner_pid
-        assert pid is not None and _ppid(pid) != os.getpid()
+        pid = _keep(e)
+        assert _ppid(pid) != os.getpid()
         assert zombies_of_this_process() == []
     finally:
         e.close()
@@ -75,21 +88,17 @@ def test_the_kept_runner_is_not_a_child_of_the_caller() -> None:
 
 def test_the_kept_runner_ends_by_itself_when_idle() -> None:
     e = Engine()
-    e.run(LOOK)
-    pid = e.runner_pid
-    assert pid is not None
+    pid = _keep(e)
     time.sleep(RUNNER_IDLE_MS / 1000)
     assert _ended(pid)
-    assert e.run(LOOK).completed  # and the next batch simply starts another
-    assert e.runner_pid not in (None, pid)
+    assert e.run(LOOK).completed  # the next batch notices, and runs on a runner of its own
+    assert e.runner_pid != pid
     e.close()
 
 
 def test_close_ends_the_runner_at_once() -> None:
     e = Engine()
-    e.run(LOOK)
-    pid = e.runner_pid
-    assert pid is not None
+    pid = _keep(e)
     e.close()
     assert e.runner_pid is None
     assert _ended(pid, within=RUNNER_IDLE_MS / 2000)  # EOF, not the idle timer
@@ -98,9 +107,7 @@ def test_close_ends_the_runner_at_once() -> None:
 def test_a_runner_killed_between_batches_is_replaced_and_the_batch_still_runs() -> None:
     e = Engine()
     try:
-        e.run(LOOK)
-        pid = e.runner_pid
-        assert pid is not None
+        pid = _keep(e)
         os.kill(pid, signal.SIGKILL)
         assert _ended(pid)
         out = e.run(LOOK)
@@ -113,7 +120,7 @@ def test_a_runner_killed_between_batches_is_replaced_and_the_batch_still_runs() 
 def test_the_runners_descriptors_close_on_exec() -> None:
     e = Engine()
     try:
-        e.run(LOOK)
+        _keep(e)
         r = e._kept
         for fd in (r.to, r.__getattribute__("from"), r.pidfd):
             if fd >= 0:
@@ -142,7 +149,7 @@ def test_batches_from_many_threads_at_once_all_complete() -> None:
 
 def test_keep_runner_false_spawns_one_runner_per_batch() -> None:
     e = Engine(keep_runner=False)
-    assert e.run(LOOK).completed
+    assert e.run(LOOK).completed and e.run(LOOK).completed
     assert e.runner_pid is None
     assert zombies_of_this_process() == []
 
@@ -151,7 +158,7 @@ def test_a_runner_program_that_cannot_serve_is_used_one_batch_at_a_time() -> Non
     # An older or foreign runner exits on "serve": the engine notes it and
     # falls back (here to forking, as /bin/true answers nothing at all).
     e = Engine(_engine, runner="/bin/true")
-    assert e.run(LOOK).completed
+    assert e.run(LOOK).completed and e.run(LOOK).completed
     assert e.keep_runner is False and e.runner_pid is None
 
 
@@ -163,6 +170,7 @@ def test_a_changed_identity_gets_a_runner_with_that_identity() -> None:
         "from uidprobe.engine import Engine, Op, Step\n"
         "look = [Step(Op.SETRESUID, (-1, -1, -1))]\n"
         "e = Engine()\n"
+        "e.run(look)\n"
         "a = e.run(look).records[0].kernel_uids; pa = e.runner_pid\n"
         "os.setresuid(-1, 1000, -1)\n"
         "b = e.run(look).records[0].kernel_uids; pb = e.runner_pid\n"
@@ -184,7 +192,8 @@ def test_no_new_privs_set_after_the_runner_started_gets_a_new_runner() -> None:
         "from uidprobe import _engine\n"
         "from uidprobe.engine import Engine, Op, Step\n"
         "e = Engine()\n"
-        "e.run([Step(Op.SETRESUID, (-1, -1, -1))]); before = e.runner_pid\n"
+        "e.run([Step(Op.SETRESUID, (-1, -1, -1))]); e.run([Step(Op.SETRESUID, (-1, -1, -1))])\n"
+        "before = e.runner_pid\n"
         "assert ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS\n"
         "e.run([Step(Op.SETRESUID, (-1, -1, -1))])\n"
         "print(before != e.runner_pid)\n"
@@ -201,6 +210,7 @@ def test_a_permanent_drop_closes_the_kept_runner_before_dropping() -> None:
         "from uidprobe import suite\n"
         "from uidprobe.engine import default_engine\n"
         "from uidprobe.privileges import Switcher\n"
+        "suite.run()\n"
         "values = {n: r.value for n, r in suite.run().items()}\n"
         "pid = default_engine().runner_pid\n"
         "assert pid is not None\n"
@@ -227,7 +237,7 @@ def test_a_forked_child_holds_no_way_to_the_parents_runner() -> None:
         "from uidprobe.engine import Engine, Op, Step\n"
         "look = [Step(Op.SETRESUID, (-1, -1, -1))]\n"
         "e = Engine()\n"
-        "e.run(look); parent_runner = e.runner_pid\n"
+        "e.run(look); e.run(look); parent_runner = e.runner_pid\n"
         "fds = [e._kept.to, getattr(e._kept, 'from')]\n"
         "pid = os.fork()\n"
         "if pid == 0:\n"

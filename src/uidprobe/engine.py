@@ -23,6 +23,7 @@ import os
 import signal
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -408,8 +409,8 @@ class Engine:
     from here instead (``uidprobe --runner PATH`` probes that runner's C
     library and no other).
 
-    A batch of one job goes to a *kept* runner: started detached (not this
-    process's child), reused while the calling thread's credentials,
+    A batch of one job that follows another within RUNNER_IDLE_MS goes to a
+    *kept* runner: started detached (not this process's child), reused while the calling thread's credentials,
     capabilities, no_new_privs, seccomp mode and user namespace are the ones
     it was started with, and ended by EOF (``close()``, exec, exit, a forked
     child closes its copy) or after ``RUNNER_IDLE_MS`` without a batch.
@@ -423,6 +424,7 @@ class Engine:
         #: keep one runner between batches (False: spawn one per batch)
         self.keep_runner = keep_runner
         self._kept: Any = None  # struct up_runner *, while one is open
+        self._last_batch: float | None = None  # time.monotonic() when the last spawned batch ended
         self._kept_lock = threading.Lock()
         if module is None:
             from uidprobe import _engine
@@ -557,13 +559,14 @@ class Engine:
         if runner is not None:
             args = (c_steps, counts, n, c_records, c_outs, timeout_ms)
             rc = None
-            if jobs == 1 and self.keep_runner and self._kept_lock.acquire(blocking=False):
+            if jobs == 1 and self._wants_kept() and self._kept_lock.acquire(blocking=False):
                 try:  # busy (another thread's batch): that one runs on its own runner
                     rc = self._kept_batch(runner.encode(), args)
                 finally:
                     self._kept_lock.release()
             if rc is None:
                 rc = self._spawn(runner.encode(), *args, jobs)
+            self._last_batch = time.monotonic()
             if rc != 0 and via is Transport.AUTO:
                 runner = None  # fall back: fork from this process
         if runner is None:
@@ -617,6 +620,21 @@ class Engine:
         return buf
 
     # --------------------------------------------------------- kept runner
+
+    def _wants_kept(self) -> bool:
+        """Use (or start) the kept runner for this batch?
+
+        Only for batches that come in a series: one is open already, or the
+        last batch ended less than RUNNER_IDLE_MS ago.  A lone batch (the
+        command line, a live probe at import, ``configure``) spawns a runner
+        of its own that ends with it, so nothing outlives it.
+        """
+        if not self.keep_runner:
+            return False
+        if self._kept is not None:
+            return True
+        last = self._last_batch
+        return last is not None and time.monotonic() - last < RUNNER_IDLE_MS / 1000
 
     def _kept_batch(self, runner: bytes, args: tuple[Any, ...]) -> int | None:
         """The batch through the kept runner (started or replaced as needed).

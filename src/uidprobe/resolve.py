@@ -88,9 +88,12 @@ def resolve(path: str | None = None, live: bool = True) -> Snapshot:
     why_not = _privileged() if live else "live probing was not requested"
     if why_not is None:
         from uidprobe import suite
+        from uidprobe.engine import Engine
 
         try:
-            results = suite.run(list(OBSERVED), timeout=LIVE_TIMEOUT)
+            # An engine of its own that keeps no runner: an import leaves no
+            # process behind, however many batches the probe takes.
+            results = suite.run(list(OBSERVED), timeout=LIVE_TIMEOUT, engine=Engine(keep_runner=False))
         except Exception as e:  # import must never fail because of the environment
             why_not = f"live probing failed: {type(e).__name__}: {e}"
     if why_not is None:
