@@ -651,9 +651,13 @@ class Engine:
                 r = None
             if r is None:
                 r = self.ffi.gc(self.ffi.new("struct up_runner *"), lib.up_runner_close)
-                if lib.up_runner_start(runner, RUNNER_IDLE_MS, r) != 0:
-                    self.keep_runner = False  # e.g. a --runner that cannot serve: do not ask again
-                    return None
+                err = lib.up_runner_start(runner, RUNNER_IDLE_MS, r)
+                if err in (errno_mod.ECHILD, errno_mod.ENOEXEC):
+                    # this process is a reaper, or this runner program cannot
+                    # serve (an older or foreign one): do not ask again
+                    self.keep_runner = False
+                if err != 0:
+                    return None  # this batch on a runner of its own
                 self._kept = r
                 _track(self)
             rc = int(lib.up_runner_batch(r, *args))

@@ -755,6 +755,7 @@ class Switcher:
                 else f"holding {_held(result.now)}"
             )
             raise VerificationError(f"{_describe_failure(result)} (dropping with {m.uid}/{m.gid}); {where}")
+        close_kept_runners()  # again: one another thread started meanwhile holds root too
         _check_no_capabilities(engine)
         _check_every_thread(uid, gid)
         _check_cannot_regain(engine, attempts)
