@@ -42,6 +42,17 @@ struct up_batch_header {
     int nscenarios;
     int total_steps;
     int timeout_ms;
+    int tid;        // a kept runner: the asking thread, whose ids it checks (0 one-shot)
+};
+
+// A kept runner's first words (runner.c serve()): who it is, and the
+// credentials it holds, so the caller can check they are the ones it meant
+// to start it with.
+struct up_hello {
+    int magic;
+    int pid;
+    int verified;   // thread TID holds its ids: 1 yes, 0 no, -1 cannot tell (no /proc)
+    struct up_creds creds;
 };
 
 // I/O helpers shared with the runner: write all of buf, and read exactly
@@ -51,6 +62,13 @@ int up_write_all(int fd, const void *buf, size_t len);
 int up_read_exact(int fd, void *buf, size_t len, int timeout_ms);
 
 // ------------------------------------------------------------ spawn.c
+
+// How long a kept runner's answer may take beyond its children's deadlines
+// (the caller then kills it and forks the batch itself).
+#define UP_RUNNER_SLACK_MS 1000
+// The longest a batch's children can take: each window of UP_WINDOW runs
+// concurrently, its children killed at their own deadlines.
+long long up_batch_budget_ms(int nscenarios, int timeout_ms);
 
 // Milliseconds on the monotonic clock.
 long long up_now_ms(void);

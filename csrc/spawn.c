@@ -37,6 +37,12 @@
 // write end and delay EOF.
 #define UP_POLL_SLICE_MS 20
 
+long long up_batch_budget_ms(int nscenarios, int timeout_ms)
+{
+    long long windows = nscenarios <= 0 ? 1 : (nscenarios + UP_WINDOW - 1) / UP_WINDOW;
+    return windows * (long long)timeout_ms;
+}
+
 long long up_now_ms(void)
 {
     struct timespec ts;

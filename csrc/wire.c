@@ -132,9 +132,9 @@ static int spawn_runner(char *const argv[], pid_t *pid, int *to, int *from)
 // Send one request.  0, or an errno (EPIPE: the runner had ended).
 // SIGPIPE is not our business: a runner that died shows up as EPIPE here.
 static int send_batch(int fd, const struct up_step *steps, const int *counts, int nscenarios, int total,
-                      int timeout_ms)
+                      int timeout_ms, int tid)
 {
-    struct up_batch_header h = {UP_BATCH_MAGIC, nscenarios, total, timeout_ms};
+    struct up_batch_header h = {UP_BATCH_MAGIC, nscenarios, total, timeout_ms, tid};
     sigset_t pipe_set, old;
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
@@ -156,11 +156,11 @@ static int send_batch(int fd, const struct up_step *steps, const int *counts, in
 // Read one reply.  0; UP_RUNNER_GONE when not one byte came (EOF at once);
 // -1 with that scenario's outcome saying why.
 static int receive(int fd, const int *counts, int nscenarios, struct up_record *records,
-                   struct up_outcome *outcomes, int timeout_ms)
+                   struct up_outcome *outcomes, int timeout_ms, int slack_ms)
 {
     // Every child is killed at its own deadline by the runner; this bound
-    // only guards against a runner that is itself stuck.
-    long long budget = (long long)timeout_ms * (nscenarios + 1) + 5000;
+    // only guards against a runner that is itself stuck (or stopped).
+    long long budget = up_batch_budget_ms(nscenarios, timeout_ms) + slack_ms;
     int limit = budget > 0x7fffffff ? 0x7fffffff : (int)budget;
     for (int i = 0; i < nscenarios; i++) {
         struct up_outcome *o = &outcomes[i];
@@ -227,13 +227,13 @@ int up_spawn_batch(const char *runner,
     }
     // The runner reads all of its input before writing anything, so writing
     // everything first cannot deadlock.
-    int werr = send_batch(to, steps, counts, nscenarios, (int)total, timeout_ms);
+    int werr = send_batch(to, steps, counts, nscenarios, (int)total, timeout_ms, 0);
     close_once(to);
     int rc = 0;
     if (werr) {
         up_fail(&outcomes[0], "write to runner", werr);
         rc = -1;
-    } else if (receive(from, counts, nscenarios, records, outcomes, timeout_ms) != 0) {
+    } else if (receive(from, counts, nscenarios, records, outcomes, timeout_ms, 5000) != 0) {
         if (!outcomes[0].error)
             up_fail(&outcomes[0], "runner", EPIPE);
         rc = -1;
@@ -262,6 +262,33 @@ void up_read_context(struct up_context *c)
         c->userns_ino = (unsigned long long)st.st_ino;
     }
 #endif
+}
+
+// The calling thread's id (the kept runner checks that thread's ids).
+static int this_thread(void)
+{
+#if defined(__linux__) && defined(SYS_gettid)
+    return (int)syscall(SYS_gettid);
+#else
+    return 0;
+#endif
+}
+
+// Does a runner that reports `runner` hold the ids of a thread whose
+// credentials are `caller`?  exec made its saved ids its effective ones and
+// recomputed its capabilities, so real and effective ids, filesystem ids
+// and groups are what must be equal.
+static int holds_ids_of(const struct up_creds *runner, const struct up_creds *caller)
+{
+    if (runner->ngroups != caller->ngroups || runner->ngroups < 0)
+        return 0;
+    int n = runner->ngroups < UP_SWITCH_MAX_GROUPS ? runner->ngroups : UP_SWITCH_MAX_GROUPS;
+    for (int i = 0; i < n; i++)
+        if (runner->groups[i] != caller->groups[i])
+            return 0;
+    return runner->uid[0] == caller->uid[0] && runner->uid[1] == caller->uid[1] &&
+           runner->gid[0] == caller->gid[0] && runner->gid[1] == caller->gid[1] &&
+           runner->fsuid == caller->fsuid && runner->fsgid == caller->fsgid;
 }
 
 static void runner_reset(struct up_runner *r)
@@ -310,7 +337,19 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
     do
         idle[--k] = (char)('0' + idle_ms % 10);
     while ((idle_ms /= 10) > 0 && k > 0);
-    char *argv[] = {(char *)path, "serve", idle + k, NULL};
+    char tid[16];
+    int t = (int)sizeof tid - 1, me = this_thread();
+    tid[t] = '\0';
+    do
+        tid[--t] = (char)('0' + me % 10);
+    while ((me /= 10) > 0 && t > 0);
+    char *argv[] = {(char *)path, "serve", idle + k, tid + t, NULL};
+    // The runner holds the credentials this thread has when posix_spawn
+    // clones it.  Another thread may change them (a process-wide switch,
+    // a permanent drop) at any moment, so the context is read before and
+    // after, and the runner says which ids it holds: all three must agree.
+    struct up_context before;
+    up_read_context(&before);
     pid_t first;
     int err = spawn_runner(argv, &first, &r->to, &r->from);
     if (err != 0)
@@ -319,14 +358,18 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
     int status;
     while (waitpid(first, &status, 0) < 0 && errno == EINTR)
         ;
-    struct up_batch_header hello;
+    struct up_hello hello;
     if (up_read_exact(r->from, &hello, sizeof hello, 5000) != 0 || hello.magic != UP_BATCH_MAGIC ||
-        hello.nscenarios <= 0) {
+        hello.pid <= 0) {
         err = errno ? errno : EPROTO;
         up_runner_close(r);
         return err == EPIPE ? ENOEXEC : err; // EOF: an old runner without "serve", or it failed
     }
-    r->pid = hello.nscenarios;
+    if (hello.verified != 1) {
+        up_runner_close(r); // it exits on its own
+        return hello.verified < 0 ? ENOEXEC : EAGAIN; // no /proc to check callers: never keep one
+    }
+    r->pid = hello.pid;
     // The server holds the write end of `from` until it exits, so while the
     // pipe shows no hang-up its pid cannot have been reused: open the pidfd
     // first, then check.
@@ -338,8 +381,13 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
     }
     if (r->pidfd >= 0)
         (void)fcntl(r->pidfd, F_SETFD, FD_CLOEXEC);
-    r->owner = (int)getpid();
     up_read_context(&r->ctx);
+    if (memcmp(&before, &r->ctx, sizeof before) != 0 || !holds_ids_of(&hello.creds, &r->ctx.creds)) {
+        kill_by_pidfd(r->pidfd);
+        up_runner_close(r);
+        return EAGAIN; // started across an identity change: this batch spawns its own
+    }
+    r->owner = (int)getpid();
     return 0;
 }
 
@@ -366,7 +414,7 @@ int up_runner_batch(struct up_runner *r,
         up_fail(&outcomes[0], "up_runner_batch", EBADF);
         return -1;
     }
-    int werr = send_batch(r->to, steps, counts, nscenarios, (int)total, timeout_ms);
+    int werr = send_batch(r->to, steps, counts, nscenarios, (int)total, timeout_ms, this_thread());
     if (werr == EPIPE)
         return UP_RUNNER_GONE;
     if (werr) {
@@ -374,7 +422,7 @@ int up_runner_batch(struct up_runner *r,
         kill_by_pidfd(r->pidfd);
         return -1;
     }
-    int rc = receive(r->from, counts, nscenarios, records, outcomes, timeout_ms);
+    int rc = receive(r->from, counts, nscenarios, records, outcomes, timeout_ms, UP_RUNNER_SLACK_MS);
     if (rc < 0)
         kill_by_pidfd(r->pidfd); // stuck or garbled: it will not be asked again
     return rc;
