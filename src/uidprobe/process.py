@@ -103,26 +103,27 @@ def _parse_map(path: str) -> IdMap | None:
     return IdMap(path, tuple(ranges))
 
 
-def _status_field(status: str | None, name: str) -> list[str] | None:
-    if status is None:
-        return None
-    for line in status.splitlines():
-        if line.startswith(name + ":"):
-            return line.split()[1:]
-    return None
+def _status_fields(status: str | None) -> dict[str, list[str]]:
+    """``/proc/self/status`` as {name: the words after it}, read once."""
+    fields: dict[str, list[str]] = {}
+    for line in (status or "").splitlines():
+        name, sep, rest = line.partition(":")
+        if sep:
+            fields[name] = rest.split()
+    return fields
 
 
-def _effective_caps(status: str | None) -> int | None:
-    field = _status_field(status, "CapEff")
+def _effective_caps(status: dict[str, list[str]]) -> int | None:
+    field = status.get("CapEff")
     return int(field[0], 16) if field else None
 
 
-def _emulation(status: str | None) -> str | None:
+def _emulation(status: dict[str, list[str]]) -> str | None:
     """Where the C library's ids differ from the kernel's (``/proc``: the
     kernel's own account), an LD_PRELOAD emulation such as fakeroot answers
     the calls; nothing measured through it describes this machine."""
     for what, libc in (("uid", os.getresuid()), ("gid", os.getresgid())):
-        kernel = _status_field(status, what.capitalize())
+        kernel = status.get(what.capitalize())
         if not kernel or len(kernel) < 3:
             continue
         for label, a, b in zip(("real", "effective", "saved"), libc, kernel):
@@ -172,7 +173,7 @@ def read_state(proc: str = "/proc/self") -> ProcessState:
     """The current process's privilege facts (Linux: from /proc)."""
     euid = os.geteuid()
     linux = sys.platform.startswith("linux")
-    status = _read("/proc/self/status") if linux else None
+    status = _status_fields(_read("/proc/self/status") if linux else None)
     caps = _effective_caps(status)
     caps_known = caps is not None
     uid_map, gid_map, setgroups_allowed = _namespace_facts(proc)

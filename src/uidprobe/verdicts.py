@@ -167,6 +167,17 @@ def _mismatch(p: PlannedStep, r: Record) -> tuple[str | None, bool]:
         return f"{p.step} {r.describe_result()}", False
     if not p.ok and r.ok:
         return f"{p.step} succeeded but must fail", False
+    if (
+        (p.uids is None or p.uids == r.uids)
+        and (p.gids is None or p.gids == r.gids)
+        and (p.fsuid is None or p.fsuid == r.fsuid)
+        and (p.fsgid is None or p.fsgid == r.fsgid)
+        and p.groups is None
+        and p.sibling_uids is None
+        and p.sibling_gids is None
+        and p.sibling_groups is None
+    ):
+        return None, False  # every expectation met exactly (the usual case): no field-by-field walk
     m, inferred_u = _compare("uid", p.uids, r.uids)
     if m:
         return f"after {p.step}: {m}", inferred_u
