@@ -262,10 +262,31 @@ def test_records_decoded_from_bytes_agree_with_the_c_struct_field_by_field() -> 
     c_records = ffi.new("struct up_record[]", engine.MAX_STEPS)
     c_out = ffi.new("struct up_outcome[]", 1)
     lib.up_run_batch(c_steps, ffi.new("int[]", [len(steps)]), 1, c_records, c_out, 5000)
-    decoded = ENGINE._outcome(steps, c_records, c_out[0]).records
+    decoded = ENGINE._outcome(steps, c_records, c_out).records
     assert len(decoded) == len(steps)
     for i, rec in enumerate(decoded):
         assert rec.step is steps[i]
         assert tuple(rec)[1:] == _fields_via_cffi(c_records[i], lib.UP_ID_UNKNOWN)
     assert decoded[3].sibling_uids == (0, 0, 0) and decoded[3].kernel_uids == (1, 2, 3)
     assert decoded[4].errno == errno.EPERM
+
+
+def test_a_repeated_identical_trace_is_decoded_once() -> None:
+    steps = (Step(Op.SETEUID, (os.geteuid(),)),)  # one object, as a cached plan's steps are
+    first, again = ENGINE.run(steps), ENGINE.run(steps)
+    assert first.completed and again is first
+
+
+def test_a_trace_whose_bytes_differ_is_decoded_anew() -> None:
+    # What a record says comes from its bytes, never from an earlier run.
+    steps = (Step(Op.SETEUID, (os.geteuid(),)),)
+    ffi, lib = ENGINE.ffi, ENGINE.lib
+    c_steps = ffi.from_buffer("struct up_step[]", ENGINE._pack_steps([steps]))
+    c_records = ffi.new("struct up_record[]", engine.MAX_STEPS)
+    c_out = ffi.new("struct up_outcome[]", 1)
+    lib.up_run_batch(c_steps, ffi.new("int[]", [1]), 1, c_records, c_out, 5000)
+    before = ENGINE._outcome(steps, c_records, c_out)
+    c_records[0].uid[1] = 4242
+    after = ENGINE._outcome(steps, c_records, c_out)
+    assert before.records[0].uids.effective == os.geteuid()
+    assert after.records[0].uids.effective == 4242

@@ -295,8 +295,10 @@ def triple_from_c(raw: Any, unknown: int) -> IdTriple:
     return IdTriple(int(raw[0]), int(raw[1]), None if saved == unknown else saved)
 
 
-#: struct codes for the C field types of struct up_record
+#: struct codes for the C field types of struct up_record and up_outcome
 _CODES = {"int": "i", "long long": "q", "unsigned long long": "Q"}
+#: pointers (read, never followed) as unsigned integers of their size
+_POINTER_CODES = {4: "I", 8: "Q"}
 
 
 def _layout(ffi: Any, ctype: str) -> tuple[struct.Struct, dict[str, int]]:
@@ -311,7 +313,8 @@ def _layout(ffi: Any, ctype: str) -> tuple[struct.Struct, dict[str, int]]:
             ftype, count = ftype.item, ftype.length
         if field.offset > pos:
             fmt += f"{field.offset - pos}x"
-        fmt += f"{count}{_CODES[ftype.cname]}"
+        code = _POINTER_CODES[ffi.sizeof(ftype)] if ftype.kind == "pointer" else _CODES[ftype.cname]
+        fmt += f"{count}{code}"
         at[name] = n
         n += count
         pos = field.offset + ffi.sizeof(field.type)
@@ -335,9 +338,39 @@ class _RecordDecoder:
     def __init__(self, ffi: Any, lib: Any) -> None:
         self.struct, self.at = _layout(ffi, "struct up_record")
         self.size = self.struct.size
+        self.outcome_struct, self.outcome_at = _layout(ffi, "struct up_outcome")
         self.unknown = int(lib.UP_ID_UNKNOWN)
         self.max_groups = int(lib.UP_MAX_GROUPS)
         self._decoded: dict[bytes, tuple[int, tuple[Any, ...]]] = {}
+        self._outcomes: dict[tuple[int, bytes], tuple[Sequence[Step], Outcome]] = {}
+
+    def outcome(self, steps: Sequence[Step], c_out: bytes, records: Any) -> Outcome:
+        """The Outcome of a child that ended (no parent-side error) from the
+        bytes of its ``struct up_outcome`` and of its records.
+
+        The same step list (the same object: plans are cached) with the same
+        bytes is the same Outcome, so a repeated run gets the object it got
+        before (immutable) and ``verdicts`` can judge it once.
+        """
+        raw = c_out + records[:]
+        key = (id(steps), raw)
+        hit = self._outcomes.get(key)
+        if hit is not None and hit[0] is steps:  # the entry holds `steps`: its id cannot be reused
+            return hit[1]
+        v, at = self.outcome_struct.unpack(c_out), self.outcome_at
+        decoded = tuple(self.records(records, v[at["nrecords"]], steps))
+        made = Outcome(
+            records=decoded,
+            completed=bool(v[at["completed"]]) and len(decoded) == len(steps),
+            timed_out=bool(v[at["timed_out"]]),
+            exit_code=v[at["exit_code"]] if v[at["exited"]] else None,
+            signal=v[at["signal"]] if v[at["signaled"]] else None,
+            status_known=bool(v[at["exited"]] or v[at["signaled"]]),
+        )
+        if len(self._outcomes) >= 256:  # a bound: other ids, other runs
+            self._outcomes.clear()
+        self._outcomes[key] = (steps, made)
+        return made
 
     def _decode(self, raw: bytes) -> tuple[int, tuple[Any, ...]]:
         """(step index, the Record's fields after ``step``)."""
@@ -379,7 +412,7 @@ class _RecordDecoder:
             raw = buf[k * size : (k + 1) * size]
             hit = decoded.get(raw)
             if hit is None:
-                if len(decoded) >= 4096:  # records vary only with the ids probed: a bound for safety
+                if len(decoded) >= 1024:  # records vary only with the ids probed: a bound for safety
                     decoded.clear()
                 hit = decoded[raw] = self._decode(raw)
             index, fields = hit
@@ -571,7 +604,7 @@ class Engine:
                 runner = None  # fall back: fork from this process
         if runner is None:
             lib.up_run_batch(c_steps, counts, n, c_records, c_outs, timeout_ms)
-        return [self._outcome(s, c_records + k * MAX_STEPS, c_outs[k]) for k, s in enumerate(scenarios)]
+        return [self._outcome(s, c_records + k * MAX_STEPS, c_outs + k) for k, s in enumerate(scenarios)]
 
     def _spawn(
         self, runner: bytes, c_steps: Any, counts: Any, n: int, c_records: Any, c_outs: Any, timeout_ms: int, jobs: int
@@ -690,8 +723,9 @@ class Engine:
         self._kept_lock = threading.Lock()  # may have been held by another thread
         self._close_kept()
 
-    def _outcome(self, steps: Sequence[Step], c_records: Any, c_out: Any) -> Outcome:
+    def _outcome(self, steps: Sequence[Step], c_records: Any, c_out_ptr: Any) -> Outcome:
         ffi = self.ffi
+        c_out = c_out_ptr[0]
         if c_out.error:
             # Fork or pipe failed (EAGAIN under a pids limit, ENOMEM): no
             # child, so no evidence.  An outcome, not an exception: the
@@ -700,15 +734,7 @@ class Engine:
             name = errno_mod.errorcode.get(c_out.error, str(c_out.error))
             return Outcome(records=(), completed=False, error=f"{call} failed: {name} ({os.strerror(c_out.error)})")
         n = max(0, min(int(c_out.nrecords), MAX_STEPS))
-        records = self._decoder.records(ffi.buffer(c_records, n * self._decoder.size), n, steps)
-        return Outcome(
-            records=tuple(records),
-            completed=bool(c_out.completed) and len(records) == len(steps),
-            timed_out=bool(c_out.timed_out),
-            exit_code=c_out.exit_code if c_out.exited else None,
-            signal=c_out.signal if c_out.signaled else None,
-            status_known=bool(c_out.exited or c_out.signaled),
-        )
+        return self._decoder.outcome(steps, ffi.buffer(c_out_ptr)[:], ffi.buffer(c_records, n * self._decoder.size))
 
 
 _KEPT: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines that started a kept runner

@@ -10,6 +10,7 @@ only in HASSETRESUID.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from uidprobe.engine import Features, Op, Step
@@ -47,9 +48,11 @@ class Plan:
     probe: Probe
     steps: tuple[PlannedStep, ...]
 
-    @property
-    def engine_steps(self) -> list[Step]:
-        return [p.step for p in self.steps]
+    @functools.cached_property
+    def engine_steps(self) -> tuple[Step, ...]:
+        """The steps the engine runs; one object per Plan (plans are cached),
+        which lets the engine recognise a repeated run's trace."""
+        return tuple(p.step for p in self.steps)
 
 
 def _resolve(sym: Sym, ids: IdSet) -> int:

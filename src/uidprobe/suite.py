@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from uidprobe import probes, verdicts
-from uidprobe.engine import DEFAULT_TIMEOUT, Engine, Features, default_engine
+from uidprobe.engine import DEFAULT_TIMEOUT, Engine, Features, Outcome, default_engine
 from uidprobe.ids import Family, IdSet
 from uidprobe.names import DECLARED
 from uidprobe.plan import Plan, plan
@@ -26,6 +26,23 @@ from uidprobe.verdicts import Kind, Result
 #: Keyed by the probe's name: hashing the Probe itself (a deep table entry)
 #: would cost more than a run's other bookkeeping.
 _PLANS: dict[tuple[str, IdSet, IdSet, Features], Plan] = {}
+
+
+#: Verdicts already given, by (plan, outcome) identity: the engine hands a
+#: repeated run's identical trace back as the same Outcome object, and
+#: judging is a pure function of the two (both immutable).
+_JUDGED: dict[tuple[int, int], tuple[Plan, Outcome, Result]] = {}
+
+
+def _judge(p: Plan, o: Outcome) -> Result:
+    hit = _JUDGED.get((id(p), id(o)))
+    if hit is not None and hit[0] is p and hit[1] is o:  # the entry holds both: their ids cannot be reused
+        return hit[2]
+    made = verdicts.evaluate(p, o)
+    if len(_JUDGED) >= 256:
+        _JUDGED.clear()
+    _JUDGED[(id(p), id(o))] = (p, o, made)
+    return made
 
 
 def _plan(p: Probe, uids: IdSet, gids: IdSet, feats: Features) -> Plan:
@@ -117,7 +134,7 @@ def _probe(
     plans = [x for x in planned.values() if isinstance(x, Plan)]
     batch = [p.engine_steps for p in plans] + ([check] if check else [])
     outcomes = engine.run_batch(batch, timeout)
-    judged: dict[str, Result] = {p.probe.name: verdicts.evaluate(p, o) for p, o in zip(plans, outcomes)}
+    judged: dict[str, Result] = {p.probe.name: _judge(p, o) for p, o in zip(plans, outcomes)}
     if check is not None:
         learned = engine.learn_features(uids.user, gid_for_check, outcomes[-1])
         if learned != assumed:
@@ -129,7 +146,7 @@ def _probe(
             ]
             again = [x for x in changed if isinstance(x, Plan)]
             for p, o in zip(again, engine.run_batch([p.engine_steps for p in again], timeout)):
-                judged[p.probe.name] = verdicts.evaluate(p, o)
+                judged[p.probe.name] = _judge(p, o)
             planned.update(replanned)
     return {name: judged[name] if isinstance(x, Plan) else x for name, x in planned.items()}
 
