@@ -27,6 +27,12 @@ from uidprobe.engine import RUNNER_IDLE_MS, Engine, Op, Step
 LOOK = [Step(Op.SETRESUID, (-1, -1, -1))]
 
 
+#: The start of a test program run in its own interpreter: an Engine and LOOK.
+SUBPROCESS_ENGINE = (
+    "import os\nfrom uidprobe.engine import Engine, Op, Step\nlook = [Step(Op.SETRESUID, (-1, -1, -1))]\ne = Engine()\n"
+)
+
+
 def _state(pid: int) -> str | None:
     """The process's state letter, or None once it is gone."""
     try:
@@ -164,12 +170,7 @@ def test_a_runner_program_that_cannot_serve_is_used_one_batch_at_a_time() -> Non
 
 @requires_root
 def test_a_changed_identity_gets_a_runner_with_that_identity() -> None:
-    code = (
-        "import os\n"
-        "from uidprobe import _engine\n"
-        "from uidprobe.engine import Engine, Op, Step\n"
-        "look = [Step(Op.SETRESUID, (-1, -1, -1))]\n"
-        "e = Engine()\n"
+    code = SUBPROCESS_ENGINE + (
         "e.run(look)\n"
         "a = e.run(look).records[0].kernel_uids; pa = e.runner_pid\n"
         "os.setresuid(-1, 1000, -1)\n"
@@ -231,12 +232,7 @@ def test_a_permanent_drop_closes_the_kept_runner_before_dropping() -> None:
 
 
 def test_a_forked_child_holds_no_way_to_the_parents_runner() -> None:
-    code = (
-        "import os\n"
-        "from uidprobe import _engine\n"
-        "from uidprobe.engine import Engine, Op, Step\n"
-        "look = [Step(Op.SETRESUID, (-1, -1, -1))]\n"
-        "e = Engine()\n"
+    code = SUBPROCESS_ENGINE + (
         "e.run(look); e.run(look); parent_runner = e.runner_pid\n"
         "fds = [e._kept.to, getattr(e._kept, 'from')]\n"
         "pid = os.fork()\n"
