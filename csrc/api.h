@@ -203,6 +203,7 @@ struct up_runner {
     int to, from;                // requests, replies (FD_CLOEXEC); -1 when closed
     int pidfd;                   // kills it if it stops answering; -1 where unsupported
     int owner;                   // getpid() of the process that started it
+    unsigned int proof;          // the uid/gid each request claims (see engine.h up_hello); 0 none
     struct up_context ctx;       // the starting thread's context
 };
 
@@ -214,7 +215,10 @@ struct up_runner {
 // with memcmp).
 void up_read_context(struct up_context *c);
 
-// Start `path` as a kept runner.  0, or an errno (r is then unusable).
+// Start `path` as a kept runner.  0, or an errno (r is then unusable):
+// ECHILD this process is a reaper, ENOEXEC the program cannot serve, EPERM
+// this thread cannot prove its privilege (lacks CAP_SETUID/CAP_SETGID),
+// EAGAIN its identity changed while the runner started.
 int up_runner_start(const char *path, int idle_ms, struct up_runner *r);
 
 // 1 when this process started `r`, it is open, and the calling thread's

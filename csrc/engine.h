@@ -42,16 +42,22 @@ struct up_batch_header {
     int nscenarios;
     int total_steps;
     int timeout_ms;
-    int tid;        // a kept runner: the asking thread, whose ids it checks (0 one-shot)
 };
 
-// A kept runner's first words (runner.c serve()): who it is, and the
-// credentials it holds, so the caller can check they are the ones it meant
-// to start it with.
+// A kept runner's first words (runner.c serve()): who it is, the
+// credentials it holds (the caller checks they are the ones it meant to
+// start it with), and the proof every request must carry.
 struct up_hello {
     int magic;
     int pid;
-    int verified;   // thread TID holds its ids: 1 yes, 0 no, -1 cannot tell (no /proc)
+    // Nonzero: every byte of a request must come with SCM_CREDENTIALS
+    // claiming uid = gid = proof, an id that is none of the sender's own.
+    // The kernel lets a sender claim that only while it holds CAP_SETUID
+    // and CAP_SETGID (in a namespace where the id is mapped): a process
+    // that dropped them, however, cannot have this privileged runner work
+    // for it, even with the descriptor in hand.  0: the runner holds
+    // neither capability, and asks for nothing.
+    unsigned int proof;
     struct up_creds creds;
 };
 

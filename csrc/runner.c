@@ -9,27 +9,30 @@
  * async-signal-safe calls.
  *
  *   _runner                  one request, then exit
- *   _runner serve IDLE_MS TID
- *                            detach (fork; the first process exits at once),
- *                            say hello, then answer requests until EOF or
- *                            IDLE_MS without one (the kept runner of api.h);
- *                            each request names the asking thread, which
- *                            must hold this process's ids (/proc says), and
- *                            so must thread TID that started it
+ *   _runner serve IDLE_MS    detach (fork; the first process exits at once),
+ *                            say hello, then answer requests on the Unix
+ *                            socket that is stdin until EOF or IDLE_MS
+ *                            without one (the kept runner of api.h); while
+ *                            it holds CAP_SETUID/CAP_SETGID, only requests
+ *                            whose every piece proves the sender holds them
+ *                            (up_hello.proof in engine.h)
  *
  * stdin:  per request: struct up_batch_header, int counts[n],
  *         struct up_step steps[total]
- * stdout: serve: first a struct up_hello (this pid, its credentials, and
- *         whether thread TID holds its ids; it exits unless it does);
+ * stdout: serve: first a struct up_hello (this pid, its credentials, the
+ *         proof requests must carry);
  *         per request: for each scenario, struct up_outcome then `nrecords`
  *         records
  * exit:   0 all ran (serve: EOF or idle); 1 bad input; 2 a child could not
  *         be started (the outcome of that scenario carries the errno; the
- *         rest still ran; one-shot only); 3 output failed, or thread TID
- *         does not hold this process's ids; 4 could not detach; 5 a request
- *         from a thread that does not; killed by SIGALRM: a request that
- *         did not complete in time
+ *         rest still ran; one-shot only); 3 output failed; 4 could not
+ *         detach; 5 a request without the proof; killed by SIGALRM: a
+ *         request that did not complete in time
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1 // struct ucred
+#endif
+
 #include "engine.h"
 
 #include <errno.h>
@@ -39,6 +42,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -91,8 +96,53 @@ static int write_gathered(int fd, struct iovec *iov, int n)
     return 0;
 }
 
+// How a request is read: from a pipe (one-shot), or from the kept
+// runner's socket where every piece must carry the proof.
+struct source {
+    int serving;
+    unsigned proof;
+};
+
+// Read exactly len bytes of a request.  0; -1 EOF or error; -2 a piece
+// came without the proof (see up_hello in engine.h).
+static int read_request(const struct source *src, void *buf, size_t len)
+{
+    if (!src->serving)
+        return up_read_exact(0, buf, len, -1) == 0 ? 0 : -1;
+    char *p = buf;
+    while (len > 0) {
+        union {
+            char buf[CMSG_SPACE(sizeof(struct ucred))];
+            struct cmsghdr align;
+        } control;
+        struct iovec iov = {p, len};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                             .msg_controllen = sizeof control.buf};
+        ssize_t n = recvmsg(0, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        if (src->proof != 0) {
+            // The kernel attaches the sender's credentials to every piece
+            // (SO_PASSCRED) and never joins pieces sent with different ones.
+            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+            struct ucred uc;
+            if (c == NULL || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_CREDENTIALS ||
+                c->cmsg_len != CMSG_LEN(sizeof uc))
+                return -2;
+            memcpy(&uc, CMSG_DATA(c), sizeof uc);
+            if (uc.uid != (uid_t)src->proof || uc.gid != (gid_t)src->proof)
+                return -2;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
 // Answer one request whose header is `h`.  0, or the exit status.
-static int answer(const struct up_batch_header *h, struct buffers *b, int *forks_failed)
+static int answer(const struct up_batch_header *h, const struct source *src, struct buffers *b, int *forks_failed)
 {
     if (h->magic != UP_BATCH_MAGIC || h->nscenarios < 0 || h->total_steps < 0 || h->timeout_ms <= 0)
         return 1;
@@ -105,9 +155,11 @@ static int answer(const struct up_batch_header *h, struct buffers *b, int *forks
         reserve((void **)&b->steps, &b->nsteps, (size_t)h->total_steps + 1, sizeof *b->steps) != 0)
         return 1;
     int *counts = b->counts;
-    if (up_read_exact(0, counts, (size_t)h->nscenarios * sizeof *counts, -1) != 0 ||
-        up_read_exact(0, b->steps, (size_t)h->total_steps * sizeof *b->steps, -1) != 0)
-        return 1;
+    int r = read_request(src, counts, (size_t)h->nscenarios * sizeof *counts);
+    if (r == 0)
+        r = read_request(src, b->steps, (size_t)h->total_steps * sizeof *b->steps);
+    if (r != 0)
+        return r == -2 ? 5 : 1;
     long long sum = 0;
     for (int i = 0; i < h->nscenarios; i++) {
         if (counts[i] < 0 || counts[i] > UP_MAX_STEPS)
@@ -138,68 +190,6 @@ static int answer(const struct up_batch_header *h, struct buffers *b, int *forks
     return 0;
 }
 
-// Parse "Name:\t1\t2\t3\t4" in a /proc status text into up to `max` numbers.
-// The count found, or -1 when the line is missing.
-static int status_numbers(const char *text, const char *name, long long *out, int max)
-{
-    size_t len = strlen(name);
-    for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
-        if (strncmp(line, name, len) != 0 || line[len] != ':')
-            continue;
-        const char *p = line + len + 1;
-        int n = 0;
-        while (n < max) {
-            while (*p == ' ' || *p == '\t')
-                p++;
-            if (*p < '0' || *p > '9')
-                break;
-            char *end;
-            out[n++] = strtoll(p, &end, 10);
-            p = end;
-        }
-        return n;
-    }
-    return -1;
-}
-
-// Does thread `tid` of process `caller` hold this runner's ids: real,
-// effective and filesystem uid and gid, and the same groups?  Read from
-// /proc, the kernel's own account.  1 yes, 0 no, -1 cannot tell.
-static int caller_holds_my_ids(pid_t caller, int tid)
-{
-    if (tid <= 0)
-        return 0;
-    char path[64], text[8192];
-    snprintf(path, sizeof path, "/proc/%d/task/%d/status", (int)caller, tid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT ? 0 : -1; // no such thread of the caller: not one we serve
-    ssize_t n = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    text[n] = '\0';
-    struct up_creds me;
-    up_read_creds(&me, 0);
-    long long uid[4], gid[4], groups[UP_SWITCH_MAX_GROUPS];
-    if (status_numbers(text, "Uid", uid, 4) != 4 || status_numbers(text, "Gid", gid, 4) != 4)
-        return -1;
-    int ng = status_numbers(text, "Groups", groups, UP_SWITCH_MAX_GROUPS);
-    if (ng < 0 || me.ngroups < 0 || me.ngroups > UP_SWITCH_MAX_GROUPS)
-        return -1;
-    if (uid[0] != me.uid[0] || uid[1] != me.uid[1] || uid[3] != me.fsuid || gid[0] != me.gid[0] ||
-        gid[1] != me.gid[1] || gid[3] != me.fsgid || ng != me.ngroups)
-        return 0;
-    for (int i = 0; i < ng; i++) { // the same set (both as the kernel lists them, but do not rely on it)
-        int found = 0;
-        for (int j = 0; j < me.ngroups && !found; j++)
-            found = groups[i] == me.groups[j];
-        if (!found)
-            return 0;
-    }
-    return 1;
-}
-
 // Seconds for alarm(): at least one, at most an hour.
 static unsigned seconds(long long ms)
 {
@@ -207,9 +197,28 @@ static unsigned seconds(long long ms)
     return (unsigned)(s > 3600 ? 3600 : s);
 }
 
-static int serve(int idle_ms, int tid)
+// The id every request must claim (see up_hello in engine.h): one in the
+// upper half of the id space, none of this process's own.  Its secrecy is
+// not what protects (the kernel refuses the claim to a sender without the
+// capabilities); random only so that it is nobody's id.
+static unsigned pick_proof(const struct up_creds *me)
 {
-    pid_t caller = getppid();
+    unsigned v = 0;
+#ifdef SYS_getrandom
+    if (syscall(SYS_getrandom, &v, sizeof v, 0) != (long)sizeof v)
+        v = 0;
+#endif
+    if (v == 0)
+        v = (unsigned)getpid() * 2654435761u ^ (unsigned)up_now_ms();
+    v = 0x80000000u | (v & 0x7ffffff0u);
+    for (int i = 0; i < 3; i++)
+        if ((long long)v == me->uid[i] || (long long)v == me->gid[i])
+            v += 1; // (cannot wrap: the low bits were cleared)
+    return v;
+}
+
+static int serve(int idle_ms)
+{
     pid_t pid = fork();
     if (pid < 0)
         return 4;
@@ -227,12 +236,19 @@ static int serve(int idle_ms, int tid)
 
     struct up_hello hello = {.magic = UP_BATCH_MAGIC, .pid = (int)getpid()};
     up_read_creds(&hello.creds, UP_READ_CAPS);
-    // Say whether the thread that started us can be checked, and holds our
-    // ids (it may have been switched while we started): the caller decides.
-    hello.verified = caller_holds_my_ids(caller, tid);
+    // Holding CAP_SETUID or CAP_SETGID, demand the proof that the sender
+    // holds both.  Without either, this process can do nothing its caller
+    // cannot.
+    unsigned long long privileged = 1ULL << 7 | 1ULL << 6;
+    struct source src = {.serving = 1};
+    if (!hello.creds.caps_known || (hello.creds.cap_eff & privileged) != 0)
+        src.proof = hello.proof = pick_proof(&hello.creds);
+    int one = 1;
+    if (setsockopt(0, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)
+        return 1; // stdin is not the caller's socket
     struct buffers b = {0};
     up_keep_shared();
-    if (up_write_all(1, &hello, sizeof hello) != 0 || hello.verified != 1)
+    if (up_write_all(1, &hello, sizeof hello) != 0)
         return 3;
     for (;;) {
         struct pollfd p = {.fd = 0, .events = POLLIN};
@@ -243,16 +259,14 @@ static int serve(int idle_ms, int tid)
             continue; // EINTR
         alarm(seconds(idle_ms));
         struct up_batch_header h;
-        if (up_read_exact(0, &h, sizeof h, -1) != 0)
+        r = read_request(&src, &h, sizeof h);
+        if (r == -1)
             return 0; // EOF: the caller closed its end, exec'd or died
-        // Serve only a thread of the caller that still holds our ids: one
-        // that dropped or switched them (its own setuid, not uidprobe's)
-        // must not have a process with the old ones run probes for it.
-        if (caller_holds_my_ids(caller, h.tid) != 1)
-            return 5;
+        if (r == -2)
+            return 5; // not from a sender that holds the privilege this process does
         if (h.nscenarios >= 0 && h.timeout_ms > 0)
             alarm(seconds(up_batch_budget_ms(h.nscenarios, h.timeout_ms) + UP_RUNNER_SLACK_MS));
-        int failed = 0, status = answer(&h, &b, &failed);
+        int failed = 0, status = answer(&h, &src, &b, &failed);
         alarm(0);
         if (status != 0)
             return status;
@@ -261,9 +275,9 @@ static int serve(int idle_ms, int tid)
 
 int main(int argc, char **argv)
 {
-    if (argc == 4 && strcmp(argv[1], "serve") == 0) {
-        int idle_ms = atoi(argv[2]), tid = atoi(argv[3]);
-        return idle_ms > 0 && tid > 0 ? serve(idle_ms, tid) : 1;
+    if (argc == 3 && strcmp(argv[1], "serve") == 0) {
+        int idle_ms = atoi(argv[2]);
+        return idle_ms > 0 ? serve(idle_ms) : 1;
     }
     if (argc != 1)
         return 1;
@@ -271,6 +285,7 @@ int main(int argc, char **argv)
     if (up_read_exact(0, &h, sizeof h, -1) != 0)
         return 1;
     struct buffers b = {0};
-    int failed = 0, status = answer(&h, &b, &failed);
+    struct source src = {.serving = 0};
+    int failed = 0, status = answer(&h, &src, &b, &failed);
     return status != 0 ? status : failed ? 2 : 0;
 }

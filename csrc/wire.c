@@ -21,8 +21,10 @@
 #include <signal.h>
 #include <spawn.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -100,11 +102,20 @@ int up_read_exact(int fd, void *buf, size_t len, int timeout_ms)
 
 // posix_spawn `argv[0]` with its stdin and stdout on two new pipes; our ends
 // (FD_CLOEXEC) in *to and *from.  0 or an errno.
-static int spawn_runner(char *const argv[], pid_t *pid, int *to, int *from)
+static int spawn_runner(char *const argv[], pid_t *pid, int *to, int *from, int socket_in)
 {
     int in[2], out[2];
+#ifdef __linux__
+    // A kept runner's requests travel on a Unix socket, which carries the
+    // sender's credentials, checked by the kernel (see up_hello.proof).
+    if (socket_in ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in) != 0 : up_pipe_cloexec(in) != 0)
+        return errno;
+#else
+    if (socket_in)
+        return ENOSYS;
     if (up_pipe_cloexec(in) != 0)
         return errno;
+#endif
     if (up_pipe_cloexec(out) != 0) {
         int e = errno;
         close_once(in[0]);
@@ -113,18 +124,18 @@ static int spawn_runner(char *const argv[], pid_t *pid, int *to, int *from)
     }
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);  // dup2 clears FD_CLOEXEC
+    posix_spawn_file_actions_adddup2(&fa, in[socket_in ? 1 : 0], 0); // dup2 clears FD_CLOEXEC
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     int err = posix_spawn(pid, argv[0], &fa, NULL, argv, environ);
     posix_spawn_file_actions_destroy(&fa);
-    close_once(in[0]);
+    close_once(in[socket_in ? 1 : 0]);
     close_once(out[1]);
     if (err != 0) {
-        close_once(in[1]);
+        close_once(in[socket_in ? 0 : 1]);
         close_once(out[0]);
         return err;
     }
-    *to = in[1];
+    *to = in[socket_in ? 0 : 1];
     *from = out[0];
     return 0;
 }
@@ -132,9 +143,9 @@ static int spawn_runner(char *const argv[], pid_t *pid, int *to, int *from)
 // Send one request.  0, or an errno (EPIPE: the runner had ended).
 // SIGPIPE is not our business: a runner that died shows up as EPIPE here.
 static int send_batch(int fd, const struct up_step *steps, const int *counts, int nscenarios, int total,
-                      int timeout_ms, int tid)
+                      int timeout_ms)
 {
-    struct up_batch_header h = {UP_BATCH_MAGIC, nscenarios, total, timeout_ms, tid};
+    struct up_batch_header h = {UP_BATCH_MAGIC, nscenarios, total, timeout_ms};
     sigset_t pipe_set, old;
     sigemptyset(&pipe_set);
     sigaddset(&pipe_set, SIGPIPE);
@@ -220,14 +231,14 @@ int up_spawn_batch(const char *runner,
     char *argv[] = {(char *)runner, NULL};
     pid_t pid;
     int to, from;
-    int err = spawn_runner(argv, &pid, &to, &from);
+    int err = spawn_runner(argv, &pid, &to, &from, 0);
     if (err != 0) {
         up_fail(&outcomes[0], "posix_spawn", err);
         return -1;
     }
     // The runner reads all of its input before writing anything, so writing
     // everything first cannot deadlock.
-    int werr = send_batch(to, steps, counts, nscenarios, (int)total, timeout_ms, 0);
+    int werr = send_batch(to, steps, counts, nscenarios, (int)total, timeout_ms);
     close_once(to);
     int rc = 0;
     if (werr) {
@@ -261,16 +272,6 @@ void up_read_context(struct up_context *c)
         c->userns_dev = (unsigned long long)st.st_dev;
         c->userns_ino = (unsigned long long)st.st_ino;
     }
-#endif
-}
-
-// The calling thread's id (the kept runner checks that thread's ids).
-static int this_thread(void)
-{
-#if defined(__linux__) && defined(SYS_gettid)
-    return (int)syscall(SYS_gettid);
-#else
-    return 0;
 #endif
 }
 
@@ -318,6 +319,80 @@ static void kill_by_pidfd(int pidfd)
 #endif
 }
 
+// Send the whole request on a kept runner's socket, every piece with the
+// credentials that prove this thread's privilege (proof != 0), within
+// deadline (up_now_ms()).  0, or an errno: EPIPE it had ended, ETIMEDOUT
+// it does not read (stopped, stuck), EPERM/EINVAL this thread cannot make
+// the claim.
+static int send_proven(int fd, struct iovec *iov, int n, unsigned proof, long long deadline)
+{
+#ifdef __linux__
+    union {
+        char buf[CMSG_SPACE(sizeof(struct ucred))];
+        struct cmsghdr align;
+    } control;
+    while (n > 0) {
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        if (proof != 0) {
+            memset(&control, 0, sizeof control);
+            msg.msg_control = control.buf;
+            msg.msg_controllen = sizeof control.buf;
+            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_CREDENTIALS;
+            c->cmsg_len = CMSG_LEN(sizeof(struct ucred));
+            struct ucred uc = {.pid = getpid(), .uid = (uid_t)proof, .gid = (gid_t)proof};
+            memcpy(CMSG_DATA(c), &uc, sizeof uc);
+        }
+        ssize_t w = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            long long left = deadline - up_now_ms();
+            if (left <= 0)
+                return ETIMEDOUT;
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            (void)poll(&p, 1, left > 1000000 ? 1000000 : (int)left);
+            continue;
+        }
+        if (w < 0)
+            return errno;
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+#else
+    (void)fd, (void)iov, (void)n, (void)proof, (void)deadline;
+    return ENOSYS;
+#endif
+}
+
+// Wait up to `ms` for our child `pid` to exit, then kill it; reap it.
+static void reap_within(pid_t pid, int ms)
+{
+    long long deadline = up_now_ms() + ms;
+    int status;
+    for (;;) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid || (w < 0 && errno != EINTR))
+            return;
+        if (w == 0 && up_now_ms() >= deadline) {
+            kill(pid, SIGKILL); // our unreaped child: the pid is still ours; works on a stopped one
+            while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+                ;
+            return;
+        }
+        (void)poll(NULL, 0, 1);
+    }
+}
+
 int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
 {
     runner_reset(r);
@@ -330,6 +405,9 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
     int subreaper = 0;
     if (getpid() == 1 || (prctl(PR_GET_CHILD_SUBREAPER, &subreaper, 0, 0, 0) == 0 && subreaper))
         return ECHILD;
+#else
+    (void)path;
+    return ENOSYS; // the proof needs SCM_CREDENTIALS
 #endif
     char idle[16];
     int k = (int)sizeof idle - 1;
@@ -337,13 +415,7 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
     do
         idle[--k] = (char)('0' + idle_ms % 10);
     while ((idle_ms /= 10) > 0 && k > 0);
-    char tid[16];
-    int t = (int)sizeof tid - 1, me = this_thread();
-    tid[t] = '\0';
-    do
-        tid[--t] = (char)('0' + me % 10);
-    while ((me /= 10) > 0 && t > 0);
-    char *argv[] = {(char *)path, "serve", idle + k, tid + t, NULL};
+    char *argv[] = {(char *)path, "serve", idle + k, NULL};
     // The runner holds the credentials this thread has when posix_spawn
     // clones it.  Another thread may change them (a process-wide switch,
     // a permanent drop) at any moment, so the context is read before and
@@ -351,25 +423,23 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
     struct up_context before;
     up_read_context(&before);
     pid_t first;
-    int err = spawn_runner(argv, &first, &r->to, &r->from);
+    int err = spawn_runner(argv, &first, &r->to, &r->from, 1);
     if (err != 0)
         return err;
-    // The first process forks the server and exits at once: reap it.
-    int status;
-    while (waitpid(first, &status, 0) < 0 && errno == EINTR)
-        ;
+    // The first process forks the server and exits at once.  Bounded
+    // waits only: it, or the server, may have been stopped by a user who
+    // may signal it (the one a switched caller became).
     struct up_hello hello;
-    if (up_read_exact(r->from, &hello, sizeof hello, 5000) != 0 || hello.magic != UP_BATCH_MAGIC ||
-        hello.pid <= 0) {
-        err = errno ? errno : EPROTO;
-        up_runner_close(r);
-        return err == EPIPE ? ENOEXEC : err; // EOF: an old runner without "serve", or it failed
-    }
-    if (hello.verified != 1) {
-        up_runner_close(r); // it exits on its own
-        return hello.verified < 0 ? ENOEXEC : EAGAIN; // no /proc to check callers: never keep one
+    int herr = up_read_exact(r->from, &hello, sizeof hello, UP_RUNNER_SLACK_MS) != 0 ? (errno ? errno : EPROTO) : 0;
+    reap_within(first, herr ? 0 : 200);
+    if (herr != 0 || hello.magic != UP_BATCH_MAGIC || hello.pid <= 0) {
+        up_runner_close(r); // the server, if any, sees EOF and ends
+        if (herr == 0)
+            return EPROTO;
+        return herr == EPIPE ? ENOEXEC : herr; // EOF: an old runner without "serve", or it failed
     }
     r->pid = hello.pid;
+    r->proof = hello.proof;
     // The server holds the write end of `from` until it exits, so while the
     // pipe shows no hang-up its pid cannot have been reused: open the pidfd
     // first, then check.
@@ -386,6 +456,13 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
         kill_by_pidfd(r->pidfd);
         up_runner_close(r);
         return EAGAIN; // started across an identity change: this batch spawns its own
+    }
+    // CAP_SETUID (7) and CAP_SETGID (6) in the effective set: what the
+    // claim needs.  Without them every request would be refused.
+    unsigned long long need = 1ULL << 7 | 1ULL << 6;
+    if (r->proof != 0 && (!r->ctx.creds.caps_known || (r->ctx.creds.cap_eff & need) != need)) {
+        up_runner_close(r);
+        return EPERM;
     }
     r->owner = (int)getpid();
     return 0;
@@ -414,11 +491,18 @@ int up_runner_batch(struct up_runner *r,
         up_fail(&outcomes[0], "up_runner_batch", EBADF);
         return -1;
     }
-    int werr = send_batch(r->to, steps, counts, nscenarios, (int)total, timeout_ms, this_thread());
-    if (werr == EPIPE)
+    struct up_batch_header h = {UP_BATCH_MAGIC, nscenarios, (int)total, timeout_ms};
+    struct iovec iov[3] = {
+        {&h, sizeof h},
+        {(void *)counts, (size_t)nscenarios * sizeof *counts},
+        {(void *)steps, (size_t)total * sizeof *steps},
+    };
+    long long deadline = up_now_ms() + up_batch_budget_ms(nscenarios, timeout_ms) + UP_RUNNER_SLACK_MS;
+    int werr = send_proven(r->to, iov, 3, r->proof, deadline);
+    if (werr == EPIPE || werr == ECONNRESET)
         return UP_RUNNER_GONE;
     if (werr) {
-        up_fail(&outcomes[0], "write to runner", werr);
+        up_fail(&outcomes[0], "send to runner", werr);
         kill_by_pidfd(r->pidfd);
         return -1;
     }

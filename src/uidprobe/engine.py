@@ -348,13 +348,14 @@ class _RecordDecoder:
         """The Outcome of a child that ended (no parent-side error) from the
         bytes of its ``struct up_outcome`` and of its records.
 
-        The same step list (the same object: plans are cached) with the same
-        bytes is the same Outcome, so a repeated run gets the object it got
+        The same step tuple (the same object: plans are cached) with the
+        same bytes is the same Outcome, so a repeated run gets the object it got
         before (immutable) and ``verdicts`` can judge it once.
         """
-        raw = c_out + records[:]
-        key = (id(steps), raw)
-        hit = self._outcomes.get(key)
+        # Only a tuple (of frozen Steps) cannot change between runs; a list
+        # may be changed in place, and is decoded afresh.
+        key = (id(steps), c_out + records[:]) if type(steps) is tuple else None
+        hit = self._outcomes.get(key) if key is not None else None
         if hit is not None and hit[0] is steps:  # the entry holds `steps`: its id cannot be reused
             return hit[1]
         v, at = self.outcome_struct.unpack(c_out), self.outcome_at
@@ -367,9 +368,10 @@ class _RecordDecoder:
             signal=v[at["signal"]] if v[at["signaled"]] else None,
             status_known=bool(v[at["exited"]] or v[at["signaled"]]),
         )
-        if len(self._outcomes) >= 256:  # a bound: other ids, other runs
-            self._outcomes.clear()
-        self._outcomes[key] = (steps, made)
+        if key is not None:
+            if len(self._outcomes) >= 256:  # a bound: other ids, other runs
+                self._outcomes.clear()
+            self._outcomes[key] = (steps, made)
         return made
 
     def _decode(self, raw: bytes) -> tuple[int, tuple[Any, ...]]:
