@@ -210,6 +210,10 @@ struct up_runner {
 // A runner failed before sending any byte of its reply (it had ended: idle,
 // killed): nothing was run on this request, so asking a new one is safe.
 #define UP_RUNNER_GONE 1
+// The kernel refused this thread the claim the runner demands (it lacks
+// CAP_SETUID/CAP_SETGID, or the id is not mapped in its user namespace):
+// nothing was sent.  Use a runner per batch instead.
+#define UP_RUNNER_UNPROVEN 2
 
 // Read the calling thread's context (zeroed first, so two reads compare
 // with memcmp).
@@ -225,7 +229,8 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r);
 // context is the one it was started with; else 0 (close it, start another).
 int up_runner_fits(const struct up_runner *r);
 
-// up_spawn_batch() through a kept runner.  0; UP_RUNNER_GONE; or -1 with
+// up_spawn_batch() through a kept runner.  0; UP_RUNNER_GONE;
+// UP_RUNNER_UNPROVEN; or -1 with
 // outcomes[0].error set (the runner failed mid-reply or stopped answering:
 // it is killed where a pidfd allows).  After any non-zero return close it.
 int up_runner_batch(struct up_runner *r,

@@ -324,8 +324,9 @@ static void kill_by_pidfd(int pidfd)
 // deadline (up_now_ms()).  0, or an errno: EPIPE it had ended, ETIMEDOUT
 // it does not read (stopped, stuck), EPERM/EINVAL this thread cannot make
 // the claim.
-static int send_proven(int fd, struct iovec *iov, int n, unsigned proof, long long deadline)
+static int send_proven(int fd, struct iovec *iov, int n, unsigned proof, long long deadline, size_t *sent)
 {
+    *sent = 0;
 #ifdef __linux__
     union {
         char buf[CMSG_SPACE(sizeof(struct ucred))];
@@ -357,6 +358,7 @@ static int send_proven(int fd, struct iovec *iov, int n, unsigned proof, long lo
         }
         if (w < 0)
             return errno;
+        *sent += (size_t)w;
         while (n > 0 && (size_t)w >= iov->iov_len) {
             w -= (ssize_t)iov->iov_len;
             iov++;
@@ -369,7 +371,7 @@ static int send_proven(int fd, struct iovec *iov, int n, unsigned proof, long lo
     }
     return 0;
 #else
-    (void)fd, (void)iov, (void)n, (void)proof, (void)deadline;
+    (void)fd, (void)iov, (void)n, (void)proof, (void)deadline, (void)sent;
     return ENOSYS;
 #endif
 }
@@ -498,9 +500,12 @@ int up_runner_batch(struct up_runner *r,
         {(void *)steps, (size_t)total * sizeof *steps},
     };
     long long deadline = up_now_ms() + up_batch_budget_ms(nscenarios, timeout_ms) + UP_RUNNER_SLACK_MS;
-    int werr = send_proven(r->to, iov, 3, r->proof, deadline);
+    size_t sent = 0;
+    int werr = send_proven(r->to, iov, 3, r->proof, deadline, &sent);
     if (werr == EPIPE || werr == ECONNRESET)
         return UP_RUNNER_GONE;
+    if ((werr == EPERM || werr == EINVAL) && sent == 0)
+        return UP_RUNNER_UNPROVEN;
     if (werr) {
         up_fail(&outcomes[0], "send to runner", werr);
         kill_by_pidfd(r->pidfd);

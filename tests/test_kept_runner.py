@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import signal
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from helpers import requires_root, run_python
 from procinfo import zombies_of_this_process
@@ -264,3 +267,18 @@ def test_a_subreaper_caller_uses_one_runner_per_batch_and_leaves_no_zombie() -> 
     proc = run_python(code, env={"PYTHONPATH": str(Path(__file__).parent)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["True", "None", "[]"]
+
+
+@requires_root
+def test_a_caller_that_cannot_prove_its_privilege_uses_a_runner_per_batch() -> None:
+    # In a user namespace mapping only uid 0, the id a root runner demands
+    # cannot be claimed (not mapped): the engine stops keeping runners and
+    # every batch still completes on a runner of its own.
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    code = SUBPROCESS_ENGINE + (
+        "outs = [e.run(look).completed for _ in range(4)]\nprint(all(outs), e.keep_runner, e.runner_pid)\n"
+    )
+    proc = run_python(code, prefix=["unshare", "-U", "-r"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "False", "None"]

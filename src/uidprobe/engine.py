@@ -698,6 +698,11 @@ class Engine:
             rc = int(lib.up_runner_batch(r, *args))
             if rc != 0:
                 self._close_kept()
+            if rc == lib.UP_RUNNER_UNPROVEN:
+                # this process cannot prove its privilege to a kept runner
+                # (a user namespace without the id mapped): never again
+                self.keep_runner = False
+                return None
             if rc != lib.UP_RUNNER_GONE:
                 return rc
         return None  # it had ended (idle, killed), and so had a fresh one
