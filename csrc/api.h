@@ -187,7 +187,10 @@ int up_spawn_batch(const char *runner,
 // child, so an application's wait() never meets it), and it ends by itself:
 // on EOF (the caller closed its end, exec'd or died) or after `idle_ms`
 // without a request.  It holds the credentials the calling thread had when it
-// started, so it is used only while the thread's context is unchanged.
+// started, so it is used only while the thread's context is unchanged; and
+// while they include CAP_SETUID or CAP_SETGID it answers only requests whose
+// sender proves, through kernel-checked credentials, that it holds them too
+// (up_hello.proof in engine.h).
 
 // Everything about the calling thread that decides what its probe children
 // could do: credentials, no_new_privs, seccomp, the user namespace.
@@ -230,9 +233,9 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r);
 int up_runner_fits(const struct up_runner *r);
 
 // up_spawn_batch() through a kept runner.  0; UP_RUNNER_GONE;
-// UP_RUNNER_UNPROVEN; or -1 with
-// outcomes[0].error set (the runner failed mid-reply or stopped answering:
-// it is killed where a pidfd allows).  After any non-zero return close it.
+// UP_RUNNER_UNPROVEN; or -1 with outcomes[0].error set (the runner failed
+// mid-reply or stopped answering: it is killed where a pidfd allows).
+// After any non-zero return close it.
 int up_runner_batch(struct up_runner *r,
                     const struct up_step *steps, const int *counts, int nscenarios,
                     struct up_record *records, struct up_outcome *outcomes,
