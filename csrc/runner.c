@@ -217,6 +217,20 @@ static unsigned pick_proof(const struct up_creds *me)
     return v;
 }
 
+// Could this process, or a child of it, act with privilege?  Any
+// capability in its effective or permitted set, or uid 0 among its ids
+// (a caller switched to another effective uid keeps real or saved uid 0,
+// and setresuid(0, 0, 0) brings every capability back).
+static int could_be_privileged(const struct up_creds *me)
+{
+    if (!me->caps_known || (me->cap_eff | me->cap_prm) != 0)
+        return 1;
+    for (int i = 0; i < 3; i++)
+        if (me->uid[i] == 0)
+            return 1;
+    return 0;
+}
+
 static int serve(int idle_ms)
 {
     pid_t pid = fork();
@@ -236,12 +250,11 @@ static int serve(int idle_ms)
 
     struct up_hello hello = {.magic = UP_BATCH_MAGIC, .pid = (int)getpid()};
     up_read_creds(&hello.creds, UP_READ_CAPS);
-    // Holding CAP_SETUID or CAP_SETGID, demand the proof that the sender
-    // holds both.  Without either, this process can do nothing its caller
-    // cannot.
-    unsigned long long privileged = 1ULL << 7 | 1ULL << 6;
     struct source src = {.serving = 1};
-    if (!hello.creds.caps_known || (hello.creds.cap_eff & privileged) != 0)
+    // Could be privileged: demand, with every request, the proof that the
+    // sender holds CAP_SETUID and CAP_SETGID.  A sender that does can
+    // become any user anyway; one that does not gets nothing from here.
+    if (could_be_privileged(&hello.creds))
         src.proof = hello.proof = pick_proof(&hello.creds);
     int one = 1;
     if (setsockopt(0, SOL_SOCKET, SO_PASSCRED, &one, sizeof one) != 0)

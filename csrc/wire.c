@@ -244,7 +244,7 @@ int up_spawn_batch(const char *runner,
     if (werr) {
         up_fail(&outcomes[0], "write to runner", werr);
         rc = -1;
-    } else if (receive(from, counts, nscenarios, records, outcomes, timeout_ms, 5000) != 0) {
+    } else if (receive(from, counts, nscenarios, records, outcomes, timeout_ms, 2 * UP_RUNNER_SLACK_MS) != 0) {
         if (!outcomes[0].error)
             up_fail(&outcomes[0], "runner", EPIPE);
         rc = -1;

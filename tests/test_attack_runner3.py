@@ -1,6 +1,6 @@
 """A third adversarial review of the kept runner, after the kernel-checked
 proof of privilege (commit f29536a and later: up_hello.proof, SCM_CREDENTIALS
-on a Unix socket).  Each test fails against that version:
+on a Unix socket).  Both failed against that version:
 
 * the runner demands the proof only while CAP_SETUID or CAP_SETGID is in its
   *effective* set.  Started while the caller was switched to another user
@@ -14,6 +14,11 @@ on a Unix socket).  Each test fails against that version:
   capability for good (bounding set too) still has probes run with all of
   the runner's capabilities.
 
+The first is fixed: the runner demands the proof whenever it could act with
+privilege (any capability, effective or permitted, or uid 0 among its ids),
+so a switched caller keeps no runner.  The second is an accepted limit, kept
+as a strict xfail: see its reason.
+
 Everything that changes ids or capabilities runs in a subprocess, which
 writes requests straight to the kept runner's socket (as the earlier
 adversarial tests do).
@@ -22,6 +27,8 @@ adversarial tests do).
 from __future__ import annotations
 
 import textwrap
+
+import pytest
 
 from helpers import requires_root, requires_tools, run_python
 
@@ -85,7 +92,8 @@ def _run(code: str) -> str:
 def test_a_process_that_dropped_to_nobody_cannot_have_a_runner_kept_under_a_switch_run_root_probes() -> None:
     # The runner is started while the caller is switched to uid 1000 (real
     # uid 0): it holds real uid 0 and every capability in its permitted set,
-    # none effective, so it asks no proof.  The switch ends, and the process
+    # none effective.  The first version asked no proof of it; now it does,
+    # which the switched caller cannot give, so none is kept.  Were one kept,  The switch ends, and the process
     # drops to nobody by its own means (os.setresuid), within the runner's
     # idle time: its request (no credentials claimed: it can claim none)
     # asks for setresuid(0, 0, 0), which the runner's child may make.
@@ -94,8 +102,10 @@ def test_a_process_that_dropped_to_nobody_cannot_have_a_runner_kept_under_a_swit
         {VALUES}
         with Switcher(values).as_user(1000, 1000):
             e.run(look)
-            e.run(look)  # the second of a series keeps the runner
-        assert e.runner_pid is not None
+            e.run(look)  # the second of a series would keep a runner
+        if e.runner_pid is None:
+            print("refused")  # none was kept under the switch: nothing to reach
+            raise SystemExit
         os.setgroups([]); os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534)
         assert int(open("/proc/self/status").read().split("CapEff:")[1].split()[0], 16) == 0
         a = ask([Step(Op.SETRESUID, (0, 0, 0)), Step(Op.CAPS_RAISE, ())], claim=False)
@@ -108,6 +118,12 @@ def test_a_process_that_dropped_to_nobody_cannot_have_a_runner_kept_under_a_swit
     )
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="accepted limit (README, Processes uidprobe starts): the kernel-checked proof shows CAP_SETUID "
+    "and CAP_SETGID only; a sender holding them can become any user, and the children only make set*id "
+    "calls and exit, so the runner's other capabilities give it a trace, nothing more",
+)
 def test_a_sender_that_kept_only_setuid_and_setgid_cannot_run_probes_with_the_runners_other_capabilities() -> None:
     # A root caller keeps a runner with every capability, then drops every
     # capability but CAP_SETUID and CAP_SETGID for good (bounding set,
