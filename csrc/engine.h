@@ -65,6 +65,10 @@ struct up_hello {
 // len bytes (timeout_ms < 0: no deadline).  Both retry EINTR and short
 // transfers; -1 with errno on failure or EOF.
 int up_write_all(int fd, const void *buf, size_t len);
+// After a gathered write of `written` bytes: skip the iovecs it finished
+// and trim the one it stopped in.  Returns how many remain from *iov on.
+struct iovec;
+int up_iov_advance(struct iovec **iov, int n, size_t written);
 int up_read_exact(int fd, void *buf, size_t len, int timeout_ms);
 
 // ------------------------------------------------------------ spawn.c

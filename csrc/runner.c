@@ -83,15 +83,7 @@ static int write_gathered(int fd, struct iovec *iov, int n)
             continue;
         if (w <= 0)
             return -1;
-        while (n > 0 && (size_t)w >= iov->iov_len) {
-            w -= (ssize_t)iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n > 0) {
-            iov->iov_base = (char *)iov->iov_base + w;
-            iov->iov_len -= (size_t)w;
-        }
+        n = up_iov_advance(&iov, n, (size_t)w);
     }
     return 0;
 }

@@ -56,6 +56,20 @@ int up_write_all(int fd, const void *buf, size_t len)
     return 0;
 }
 
+int up_iov_advance(struct iovec **iov, int n, size_t written)
+{
+    while (n > 0 && written >= (*iov)->iov_len) {
+        written -= (*iov)->iov_len;
+        (*iov)++;
+        n--;
+    }
+    if (n > 0) {
+        (*iov)->iov_base = (char *)(*iov)->iov_base + written;
+        (*iov)->iov_len -= written;
+    }
+    return n;
+}
+
 // up_read_exact(), also telling how many bytes came (*got) before a failure.
 static int read_counted(int fd, void *buf, size_t len, int timeout_ms, size_t *got)
 {
@@ -275,6 +289,20 @@ void up_read_context(struct up_context *c)
 #endif
 }
 
+// Could this thread give the proof a runner started by it would demand
+// (runner.c could_be_privileged)?  exec gives a runner with uid 0 among its
+// real and effective ids every capability the bounding set allows; one
+// that will hold any capability or root id demands the proof, which needs
+// CAP_SETUID and CAP_SETGID in this thread's effective set.
+static int can_prove(const struct up_creds *c)
+{
+    unsigned long long need = 1ULL << 7 | 1ULL << 6; // CAP_SETUID, CAP_SETGID
+    if (c->caps_known && (c->cap_eff & need) == need)
+        return 1;
+    int root = c->uid[0] == 0 || c->uid[1] == 0;
+    return !root && c->caps_known && (c->cap_eff | c->cap_prm | c->cap_amb) == 0;
+}
+
 // Does a runner that reports `runner` hold the ids of a thread whose
 // credentials are `caller`?  exec made its saved ids its effective ones and
 // recomputed its capabilities, so real and effective ids, filesystem ids
@@ -359,15 +387,7 @@ static int send_proven(int fd, struct iovec *iov, int n, unsigned proof, long lo
         if (w < 0)
             return errno;
         *sent += (size_t)w;
-        while (n > 0 && (size_t)w >= iov->iov_len) {
-            w -= (ssize_t)iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n > 0) {
-            iov->iov_base = (char *)iov->iov_base + w;
-            iov->iov_len -= (size_t)w;
-        }
+        n = up_iov_advance(&iov, n, (size_t)w);
     }
     return 0;
 #else
@@ -424,6 +444,8 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
     // after, and the runner says which ids it holds: all three must agree.
     struct up_context before;
     up_read_context(&before);
+    if (!can_prove(&before.creds))
+        return EPERM; // the runner would demand a proof this thread cannot give: do not start one
     pid_t first;
     int err = spawn_runner(argv, &first, &r->to, &r->from, 1);
     if (err != 0)
