@@ -289,6 +289,14 @@ void up_read_context(struct up_context *c)
 #endif
 }
 
+// CAP_SETUID and CAP_SETGID in the thread's effective set: what claiming a
+// runner's proof needs.
+static int holds_setid_caps(const struct up_creds *c)
+{
+    unsigned long long need = 1ULL << 7 | 1ULL << 6; // CAP_SETUID, CAP_SETGID
+    return c->caps_known && (c->cap_eff & need) == need;
+}
+
 // Could this thread give the proof a runner started by it would demand
 // (runner.c could_be_privileged)?  exec gives a runner with uid 0 among its
 // real and effective ids every capability the bounding set allows; one
@@ -296,8 +304,7 @@ void up_read_context(struct up_context *c)
 // CAP_SETUID and CAP_SETGID in this thread's effective set.
 static int can_prove(const struct up_creds *c)
 {
-    unsigned long long need = 1ULL << 7 | 1ULL << 6; // CAP_SETUID, CAP_SETGID
-    if (c->caps_known && (c->cap_eff & need) == need)
+    if (holds_setid_caps(c))
         return 1;
     int root = c->uid[0] == 0 || c->uid[1] == 0;
     return !root && c->caps_known && (c->cap_eff | c->cap_prm | c->cap_amb) == 0;
@@ -481,10 +488,9 @@ int up_runner_start(const char *path, int idle_ms, struct up_runner *r)
         up_runner_close(r);
         return EAGAIN; // started across an identity change: this batch spawns its own
     }
-    // CAP_SETUID (7) and CAP_SETGID (6) in the effective set: what the
-    // claim needs.  Without them every request would be refused.
-    unsigned long long need = 1ULL << 7 | 1ULL << 6;
-    if (r->proof != 0 && (!r->ctx.creds.caps_known || (r->ctx.creds.cap_eff & need) != need)) {
+    // The runner's own word on whether it demands the proof (can_prove only
+    // predicted it): without the capabilities every request would be refused.
+    if (r->proof != 0 && !holds_setid_caps(&r->ctx.creds)) {
         up_runner_close(r);
         return EPERM;
     }
