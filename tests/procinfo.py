@@ -31,7 +31,8 @@ def open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def zombies_of_this_process() -> list[str]:
+def children_of_this_process() -> list[tuple[str, str, str]]:
+    """(pid, name, state letter) of every process whose parent is this one."""
     me = str(os.getpid())
     found = []
     for pid in os.listdir("/proc"):
@@ -41,7 +42,12 @@ def zombies_of_this_process() -> list[str]:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z" and fields[1] == me:
-            found.append(pid)
+        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        fields = rest.split()
+        if fields[1] == me:
+            found.append((pid, name, fields[0]))
     return found
+
+
+def zombies_of_this_process() -> list[str]:
+    return [pid for pid, _, state in children_of_this_process() if state == "Z"]

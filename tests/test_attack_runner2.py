@@ -328,7 +328,8 @@ def test_a_kept_runner_never_becomes_a_zombie_of_the_callers_supervisor() -> Non
     # os.wait() would meet it).
     out = _run(
         """
-        import ctypes, os, subprocess, sys, time
+        import ctypes, subprocess, sys, time
+        from procinfo import children_of_this_process
         assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
         app = ("from uidprobe.engine import Engine, Op, Step\\n"
                "look = [Step(Op.SETRESUID, (-1, -1, -1))]\\n"
@@ -337,19 +338,10 @@ def test_a_kept_runner_never_becomes_a_zombie_of_the_callers_supervisor() -> Non
                "print(e.runner_pid)\\n")
         proc = subprocess.run([sys.executable, "-c", app], capture_output=True, text=True, check=True)
         time.sleep(1.0)  # twice RUNNER_IDLE_MS: the runner has ended
-        mine = []
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                stat = open(f"/proc/{d}/stat").read()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[1] == str(os.getpid()):
-                mine.append(f"{d}:{stat.split('(', 1)[1].rsplit(')', 1)[0]}:{fields[0]}")
+        mine = [":".join(child) for child in children_of_this_process()]
         print(proc.stdout.strip(), *mine)
-        """
+        """,
+        env={"PYTHONPATH": str(Path(__file__).parent)},
     )
     runner, *children = out.split()
     assert not children, (
