@@ -155,6 +155,7 @@ EOF
     summary=$("$root/scripts/downstream_check.sh" "$repaired" "$venv" | tail -n 1) ||
         fail "the downstream example did not build against the wheel as documented"
     echo "$summary"
+    summary=${summary#downstream_check: OK: }
     used+=("$pyver")
 done
 
