@@ -20,7 +20,7 @@ import grp
 import os
 import pwd
 from collections.abc import Iterable
-from typing import NamedTuple, Union
+from typing import NamedTuple, Union, cast
 
 from uidprobe.engine import MAX_SWITCH_GROUPS
 from uidprobe.errors import InvalidTargetError, PrivilegeError
@@ -44,7 +44,8 @@ class Target(NamedTuple):
 
 def needs_lookup(user: object, group: object, groups: tuple[object, ...] | None) -> bool:
     """Would ``resolve`` consult a name service for these targets?"""
-    return any(isinstance(x, str) for x in (user, group, *(groups or ())))
+    kinds = set(map(type, groups or ()))  # per type, not per group: lists may be long
+    return isinstance(user, str) or isinstance(group, str) or any(issubclass(k, str) for k in kinds)
 
 
 def check_id(value: object, what: str) -> int:
@@ -61,10 +62,13 @@ def check_id(value: object, what: str) -> int:
 _NGROUPS_MAX: list[int] = []  # sysconf costs microseconds: asked once
 
 
-def check_groups(groups: tuple[int, ...], whose: str = "") -> tuple[int, ...]:
-    """``groups`` if a switch can set and verify them all; else
-    InvalidTargetError naming the count and both limits."""
-    checked = tuple(check_id(g, "supplementary group") for g in groups)
+def check_groups(groups: tuple[object, ...], whose: str = "") -> tuple[int, ...]:
+    """``groups`` as gids (names looked up), if a switch can set and verify
+    them all; else InvalidTargetError naming the group, or the count and
+    both limits."""
+    checked = _plain_ids(groups)
+    if checked is None:  # names to look up, or something to refuse with a precise message
+        checked = tuple(_group(g, "supplementary group") for g in groups)
     if not _NGROUPS_MAX:
         _NGROUPS_MAX.append(os.sysconf("SC_NGROUPS_MAX"))
     kernel = _NGROUPS_MAX[0]
@@ -76,7 +80,16 @@ def check_groups(groups: tuple[int, ...], whose: str = "") -> tuple[int, ...]:
     return checked
 
 
-def _group(group: Group, what: str) -> int:
+def _plain_ids(groups: tuple[object, ...]) -> tuple[int, ...] | None:
+    """``groups`` if every one is a plain int in range, checked at C speed
+    (a switch to a thousand groups should not spend its time here)."""
+    if not set(map(type, groups)) <= {int}:
+        return None
+    ids = cast("tuple[int, ...]", groups)
+    return ids if not ids or (min(ids) >= 0 and max(ids) <= MAX_ID) else None
+
+
+def _group(group: object, what: str) -> int:
     if not isinstance(group, str):
         return check_id(group, what)
     try:
@@ -119,8 +132,7 @@ def resolve(user: User, group: Group | None = None, groups: Iterable[Group] | No
             raise InvalidTargetError(
                 f"uid {user} is a number: give its gid too, or name the user to take the account's gid and groups"
             )
-    resolved = tuple(_group(g, "supplementary group") for g in given or ())
-    return Target(uid, check_id(gid, "gid"), check_groups(resolved, whose))
+    return Target(uid, check_id(gid, "gid"), check_groups(given or (), whose))
 
 
 def listed(groups: Iterable[Group] | None) -> tuple[Group, ...] | None:
