@@ -338,14 +338,14 @@ def _describe_failure(result: SwitchResult) -> str:
     for fs_label, fs_want, fs_got in (("fsuid", exp.fsuid, got.fsuid), ("fsgid", exp.fsgid, got.fsgid)):
         if fs_want is not None and fs_want != fs_got:
             return f"after {step}: {fs_label} is {fs_got}, should be {fs_want}"
-    want = None if exp.groups is None else tuple(sorted(set(exp.groups)))
-    if want is not None and got.groups != want:
-        if got.groups is None or len(got.groups) + len(want) > 16:  # a long list: what differs
-            have = set(got.groups or ())
-            missing, extra = sorted(set(want) - have)[:8], sorted(have - set(want))[:8]
+    groups = None if exp.groups is None else tuple(sorted(set(exp.groups)))
+    if groups is not None and got.groups != groups:
+        if got.groups is None or len(got.groups) + len(groups) > 16:  # a long list: what differs
+            held = set(got.groups or ())
+            missing, extra = sorted(set(groups) - held)[:8], sorted(held - set(groups))[:8]
             count = "more than uidprobe reads" if got.groups is None else len(got.groups)
-            return f"after {step}: {count} groups, should be {len(want)}; missing {missing}, unexpected {extra}"
-        return f"after {step}: groups are {got.groups}, should be {want}"
+            return f"after {step}: {count} groups, should be {len(groups)}; missing {missing}, unexpected {extra}"
+        return f"after {step}: groups are {got.groups}, should be {groups}"
     return f"after {step}: the ids read back are not what they must be"
 
 
