@@ -3,11 +3,19 @@
     from uidprobe.privileges import Switcher
 
     sw = Switcher()                    # mechanism chosen from uidprobe.config
-    with sw.as_user(1001, 1001):       # euid/egid 1001, no supplementary groups
-        append_to_bills_archive()
+    with sw.as_user("bill") as who:    # bill's uid, gid and groups (initgroups)
+        append_to_bills_archive()      # who.groups: the groups that were set
     # root again here
 
-    sw.drop_permanently(65534, 65534)  # and checks root cannot come back
+    sw.drop_permanently("nobody")      # and checks root cannot come back
+
+Targets (uidprobe.accounts): a user by name is its account, with its
+primary gid and its groups from the group database; a uid by number needs
+its gid and gets exactly the groups listed (none by default, as before
+names were accepted).  ``groups=()`` asks for none, a list (gids or group
+names) for exactly those.  Names are resolved before the first call, as
+root, never inside the C switch or while switched; an unknown one raises
+InvalidTargetError and nothing changes.
 
 Mechanism, from the verdicts: setresuid/setresgid where HASSETRESUID and
 HASSETRESGID hold; else setreuid/setregid where HASSETREUID and HASSETREGID
@@ -107,7 +115,7 @@ class Identity:
 
     uids: IdTriple
     gids: IdTriple
-    groups: tuple[int, ...]  # sorted, without duplicates
+    groups: tuple[int, ...]  # the supplementary groups, sorted, without duplicates
     fsuid: int | None  # None where the platform has no filesystem ids to read
     fsgid: int | None
 
