@@ -588,7 +588,11 @@ static void switch_creds(struct up_creds *c, int need)
 }
 
 // *dst = *src, but only the groups in use: a whole up_creds is 32 kB, most
-// of it unused, and this copy is on every switch's path.
+// of it unused, and this copy is on every switch's path.  The unused groups
+// must be the only bytes skipped:
+_Static_assert(offsetof(struct up_creds, caps_known) ==
+                   offsetof(struct up_creds, groups) + UP_SWITCH_MAX_GROUPS * sizeof(long long),
+               "copy_creds skips only the unused groups: keep caps_known right after groups");
 static void copy_creds(struct up_creds *dst, const struct up_creds *src)
 {
     size_t head = offsetof(struct up_creds, groups);
