@@ -6,10 +6,12 @@ under fresh names, and removes them afterwards.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 from helpers import Account, requires_useradd, run_python, temporary_account
 from procinfo import identity
 from uidprobe.engine import MAX_SWITCH_GROUPS
-from uidprobe.privileges import InvalidTargetError, Switcher, current_identity
+from uidprobe.privileges import InvalidTargetError, PrivilegeError, Switcher, current_identity
 
 RES = {"HASSETRESUID": 1, "HASSETRESGID": 1, "THREAD_CREDENTIALS": 1}
 SCOPES = ["process", "thread"]
@@ -115,6 +117,52 @@ def test_a_file_writable_through_a_supplementary_group_is_writable_as_the_named_
     with sw.as_user(bill.name), open(group_only_file, "a") as f:
         f.write("delivered\n")
     assert group_only_file.read_text() == "delivered\n"
+
+
+# ------------------------------------------------------------ when names are resolved
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_every_lookup_runs_as_root_before_the_switch(
+    bill: Account, scope: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[str, int]] = []  # (lookup, effective uid when it ran)
+
+    def spy(name: str, real):  # type: ignore[no-untyped-def]
+        def lookup(*args):  # type: ignore[no-untyped-def]
+            seen.append((name, os.geteuid()))
+            return real(*args)
+
+        return lookup
+
+    monkeypatch.setattr(pwd, "getpwnam", spy("getpwnam", pwd.getpwnam))
+    monkeypatch.setattr(grp, "getgrnam", spy("getgrnam", grp.getgrnam))
+    monkeypatch.setattr(os, "getgrouplist", spy("getgrouplist", os.getgrouplist))
+    sw = switcher(scope)
+    with sw.as_user(bill.name, groups=[bill.group_names[0]]):
+        pass
+    with sw.as_user(bill.name):
+        assert [name for name, _ in seen] == ["getpwnam", "getgrnam", "getpwnam", "getgrouplist"]
+    assert all(euid == 0 for _, euid in seen)
+
+
+def test_names_are_not_resolved_while_switched(bill: Account) -> None:
+    sw, other = Switcher(RES), Switcher(RES)
+    with sw.as_user(bill.uid, bill.gid):
+        with pytest.raises(PrivilegeError, match="already switched"):
+            sw.as_user(bill.name)
+        with pytest.raises(PrivilegeError, match="names are resolved with effective uid 0 only"):
+            other.as_user(bill.name)  # another Switcher, the same switched process
+
+
+def test_names_are_looked_up_again_on_every_call() -> None:
+    with temporary_account(extra_groups=2) as carol:
+        sw = Switcher(RES)
+        with sw.as_user(carol.name) as inside:
+            assert carol.groups[1] in inside.groups
+        subprocess.run(["gpasswd", "--delete", carol.name, carol.group_names[1]], check=True, capture_output=True)
+        with sw.as_user(carol.name) as inside:
+            assert carol.groups[1] not in inside.groups and carol.groups[0] in inside.groups
 
 
 # ------------------------------------------------------------ unknown names
