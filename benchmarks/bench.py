@@ -249,8 +249,9 @@ def bench_groups(reps: int) -> None:
             lambda g=groups: _switch_seconds(sw, n, 1000, 1000, g), lambda g=groups: _bare_groups_seconds(n, g), reps
         )
         one = one or s
-        row(f"7. as_user, {count:4} groups vs 1 group", s, one, 1e6, "us", "")
-        row(f"7. as_user, {count:4} groups vs bare calls", s, b, 1e6, "us", "")
+        what = f"{count:4} group{'s' if count > 1 else ' '}"
+        row(f"7. as_user, {what} vs 1 group", s, one, 1e6, "us", "")
+        row(f"7. as_user, {what} vs bare calls", s, b, 1e6, "us", "")
     _switch_seconds(sw, n, "nobody")  # warm
     named, numbers = median_interleaved(
         lambda: _switch_seconds(sw, n, "nobody"), lambda: _switch_seconds(sw, n, 65534, 65534, [65534]), reps
