@@ -170,7 +170,8 @@ class Step:
             sets = [self.args[i] | self.args[i + 1] << 32 for i in range(0, len(self.args) - 1, 2)]
             if self.op is Op.AMBIENT_RAISE:
                 return f"prctl(PR_CAP_AMBIENT_RAISE, {sets[0]:#x})"
-            return "capset(" + ", ".join(f"{n}={v:#x}" for n, v in zip(("effective", "permitted", "inheritable"), sets)) + ")"
+            named = zip(("effective", "permitted", "inheritable"), sets)
+            return "capset(" + ", ".join(f"{n}={v:#x}" for n, v in named) + ")"
         if self.op in _SHOWN:
             return _SHOWN[self.op]
         return f"{self.op.call}({', '.join(map(str, self.args))})"

@@ -381,6 +381,8 @@ class _Tracker:
 
 #: securebits: the kernel leaves the capability sets alone when uids change.
 _SECBIT_NO_SETUID_FIXUP = 1 << 2
+#: securebits: no ambient capability may be raised.
+_SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6
 
 
 def _fixup_moves_caps(c: Caps) -> bool:
@@ -447,8 +449,8 @@ def _describe_failure(result: SwitchResult) -> str:
     if exp.groups is not None and got.groups != tuple(sorted(set(exp.groups))):
         return f"after {step}: groups are {got.groups}, should be {tuple(sorted(set(exp.groups)))}"
     if exp.caps is not None and (got.caps is None or got.caps.sets != exp.caps):
-        have = got.caps.sets if got.caps is not None else None
-        return f"after {step}: capability sets are {_sets(have)}, should be {_sets(exp.caps)}"
+        held = got.caps.sets if got.caps is not None else None
+        return f"after {step}: capability sets are {_sets(held)}, should be {_sets(exp.caps)}"
     return f"after {step}: the ids read back are not what they must be"
 
 
@@ -667,6 +669,11 @@ class Switcher:
         start = current_identity(self.engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"becoming another user needs effective uid 0, not {start.uids[1]}")
+        if uid != 0 and start.caps and start.caps.ambient and start.caps.securebits & _SECBIT_NO_CAP_AMBIENT_RAISE:
+            raise PrivilegeError(
+                f"a switch puts the ambient capabilities ({start.caps.ambient:#x}) away, and "
+                "SECBIT_NO_CAP_AMBIENT_RAISE would stop restore() from raising them again"
+            )
         m = self.mechanism
         t = _Tracker(start, self._groups_op)
         t.groups_to(wanted)
@@ -732,8 +739,43 @@ class Switcher:
                     f"holding {_held(undo.now)}"
                 )
             raise PrivilegeError("restore() ran while switching (from a signal handler?): the switch was undone")
+        others = self._other_threads_holding_caps(sw)
+        if others:
+            self.restore()
+            raise PrivilegeError(
+                f"the switch was undone: as uid {sw.key[0]}, {others}. Under SECBIT_NO_SETUID_FIXUP the kernel "
+                "keeps every thread's effective capabilities when the C library changes their uids, and a "
+                "switch can lower only its own thread's: use Switcher(scope='thread'), or switch before "
+                "starting threads"
+            )
         # Read back in full when the plan cannot say (switch results carry no securebits).
         return sw.reached or current_identity(self.engine)
+
+    def _other_threads_holding_caps(self, sw: _Switch) -> str | None:
+        """After a process-scope switch to a user: which other threads still
+        hold effective capabilities (the kernel's own per-thread accounts in
+        /proc), or None.  Only SECBIT_NO_SETUID_FIXUP lets them keep any, so
+        only then is /proc read."""
+        caps = sw.start.caps
+        if self.scope != "process" or sw.key[0] == 0 or caps is None:
+            return None
+        if not caps.securebits & _SECBIT_NO_SETUID_FIXUP:
+            return None
+        me = str(threading.get_native_id())
+        try:
+            tids = [t for t in os.listdir("/proc/self/task") if t != me]
+        except OSError:
+            return "the other threads cannot be checked (/proc/self/task is not readable)"
+        holding = []
+        for tid in tids:
+            try:
+                with open(f"/proc/self/task/{tid}/status") as f:
+                    eff = next((line.split()[1] for line in f if line.startswith("CapEff:")), "0")
+            except OSError:
+                continue  # the thread has exited meanwhile
+            if int(eff, 16):
+                holding.append(f"thread {tid} still held CapEff={int(eff, 16):#x}")
+        return "; ".join(holding) or None
 
     def become(self, uid: int, gid: int, groups: Iterable[int] = ()) -> Identity:
         """Take ``uid``/``gid``/``groups`` as the effective identity, keeping
