@@ -1,4 +1,4 @@
-"""Privilege is more than uids: what a switched thread holds in its capability sets.
+"""Privilege is more than uids: capability sets and gids count, in the switch and in trust.
 
 A switch to a user other than root leaves no effective (and no ambient)
 capability, whatever the securebits; restore brings back exactly the
@@ -6,11 +6,16 @@ starting sets.  Every case runs a real root process in a subprocess (under
 ``setpriv`` where the securebits or ambient set matter) and reads the sets
 both from /proc and from capget(2) through the C library, independently of
 uidprobe's own read-back.
+
+A store owned by uid 1000 is trusted by a process that holds nothing beyond
+uid 1000, and by no process that holds more (a gid 0, a capability): real
+processes of uid 1000 made by setpriv import uidprobe.config.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,9 +24,12 @@ from typing import Any
 
 import pytest
 
-from helpers import requires_root, run_python
+from helpers import requires_other_user, requires_root, run_python
 from procinfo import capget_sets, status_caps
+from uidprobe import store, trust
+from uidprobe.names import OBSERVED
 from uidprobe.privileges import current_identity
+from uidprobe.verdicts import Result
 
 pytestmark = [
     requires_root,
@@ -168,3 +176,96 @@ def test_identity_reports_the_capability_sets_it_holds() -> None:
         kernel["CapInh"],
     )
     assert caps.ambient == proc["CapAmb"]
+
+
+# ------------------------------------------------------------------ trust
+
+AS_1000 = ["setpriv", "--reuid=1000", "--clear-groups"]
+#: Processes whose uids are all 1000, and what else they hold.
+READERS = {
+    "nothing else": [*AS_1000, "--regid=1000"],
+    "gid 0": [*AS_1000, "--rgid=1000", "--egid=0"],  # a set-group-ID program: gids (1000, 0, 0)
+    "ambient CAP_SETUID": [
+        *AS_1000,
+        "--regid=1000",
+        "--inh-caps",
+        "+setuid,+setgid",
+        "--ambient-caps",
+        "+setuid,+setgid",
+    ],
+}
+WHY_NOT = {
+    "gid 0": "this process's gids differ (1000, 0, 0): only root's files are trusted",
+    "ambient CAP_SETUID": "this process holds CAP_SETGID, CAP_SETUID: only root's files are trusted",
+}
+IMPORT_CONFIG = (
+    "import json, os\n"
+    "import uidprobe.config as c\n"
+    "print(json.dumps({'ids': [os.getresuid(), os.getresgid()], 'source': c.SOURCE, 'reason': c.REASON,\n"
+    "    'HASSETRESUID': c.HASSETRESUID}))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def store_of_1000() -> Iterator[str]:
+    """A store that a process of uid 1000 forged (HASSETRESUID flipped to 0),
+    owned by 1000 in a directory 1000 owns, under root's /tmp/X (0755)."""
+    base = Path(tempfile.mkdtemp(prefix="uidprobe-caps-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        home = base / "u1000"
+        home.mkdir(mode=0o755)
+        results = {n: Result(n, n != "HASSETRESUID", "forged by uid 1000") for n in OBSERVED}
+        path = home / "verdicts"
+        path.write_bytes(store.serialise(results))
+        path.chmod(0o644)
+        for p in (home, path):
+            os.chown(p, 1000, 1000)
+        yield str(path)
+    finally:
+        shutil.rmtree(base)
+
+
+@requires_other_user
+@pytest.mark.parametrize("holding", READERS)
+def test_a_store_owned_by_1000_is_trusted_only_by_a_process_that_holds_nothing_beyond_uid_1000(
+    holding: str, store_of_1000: str
+) -> None:
+    proc = run_python(IMPORT_CONFIG, prefix=READERS[holding], env={store.ENV_VAR: store_of_1000})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ids"][0] == [1000, 1000, 1000]
+    if holding == "nothing else":
+        assert out["ids"][1] == [1000, 1000, 1000]
+        assert out["source"] == "store" and out["HASSETRESUID"] == 0
+    else:
+        assert out["source"] != "store"
+        home = Path(store_of_1000).parent  # the walk meets 1000's directory first
+        assert f"store unsafe: directory {home} is owned by uid 1000, not root ({WHY_NOT[holding]})" in out["reason"]
+
+
+@pytest.mark.parametrize(
+    ("gids", "caps", "why"),
+    [
+        ((1000, 1000, 1000), 0, None),
+        ((1000, 0, 0), 0, "this process's gids differ (1000, 0, 0)"),
+        ((1000, 1000, 1000), 1 << 7, "this process holds CAP_SETUID"),
+        ((1000, 1000, 1000), 1 << 1 | 1 << 21, "this process holds CAP_DAC_OVERRIDE, CAP_SYS_ADMIN"),
+        ((1000, 1000, 1000), None, "this process's capability sets cannot be read"),
+    ],
+)
+def test_the_refusal_names_what_the_reader_holds_beyond_the_owner(
+    gids: tuple[int, int, int], caps: int | None, why: str | None, store_of_1000: str
+) -> None:
+    # The file of uid 1000 itself, in root's directory: the file's own check.
+    path = Path(store_of_1000).parent.parent / "verdicts-of-1000"
+    shutil.copyfile(store_of_1000, path)
+    os.chown(path, 1000, 1000)
+    try:
+        loaded = store.load(str(path), reader=trust.Reader(uids=(1000, 1000, 1000), gids=gids, caps=caps))
+    finally:
+        path.unlink()
+    if why is None:
+        assert loaded.valid
+    else:
+        assert loaded.reason == f"unsafe: {path} is owned by uid 1000, not root ({why}: only root's files are trusted)"
