@@ -269,3 +269,43 @@ def test_the_refusal_names_what_the_reader_holds_beyond_the_owner(
         assert loaded.valid
     else:
         assert loaded.reason == f"unsafe: {path} is owned by uid 1000, not root ({why}: only root's files are trusted)"
+
+
+# ------------------------------------------------------- who may probe
+
+PROBE = (
+    "import json, uidprobe\n"
+    "print(json.dumps({n: [r.verdict, r.reason] for n, r in uidprobe.probe(timeout=2).items()}))\n"
+)
+
+
+def test_a_process_whose_securebits_keep_capabilities_across_setuid_cannot_test() -> None:
+    # Under SECBIT_NO_SETUID_FIXUP setuid(0) after setuid(1000) succeeds: the
+    # probes would call a sound platform broken.
+    out = run_json(PROBE, ENVIRONMENTS["no_setuid_fixup"])
+    observed = {n: v for n, v in out.items() if n != "POSIX_SAVED_IDS"}
+    assert observed and all(v == [None, observed["SETUID_PERMANENT"][1]] for v in observed.values())
+    assert observed["SETUID_PERMANENT"][1].startswith("this process cannot test: SECBIT_NO_SETUID_FIXUP is set")
+
+
+def test_a_thread_switched_on_its_own_is_judged_by_its_own_credentials_not_the_main_threads() -> None:
+    code = (
+        "import json, threading, uidprobe\n"
+        "from uidprobe.privileges import Switcher\n"
+        f"sw = Switcher({VALUES!r}, scope='thread')\n"
+        "out = {}\n"
+        "def work():\n"
+        "    with sw.as_user(1000, 1000):\n"
+        "        r = uidprobe.probe('HASSETRESUID', timeout=2)\n"
+        "        out['switched'] = [r.verdict, r.reason]\n"
+        "t = threading.Thread(target=work); t.start(); t.join()\n"
+        "r = uidprobe.probe('HASSETRESUID', timeout=2)\n"
+        "out['main'] = [r.verdict, r.reason]\n"
+        "print(json.dumps(out))\n"
+    )
+    out = run_json(code, [])
+    assert out["switched"] == [
+        None,
+        "this process cannot test: it is not root (euid 1000) and lacks CAP_SETUID; run it as root",
+    ]
+    assert out["main"][0] is True

@@ -899,7 +899,7 @@ class Switcher:
             raise VerificationError(f"{_describe_failure(result)} (dropping with {m.uid}/{m.gid}); {where}")
         close_kept_runners()  # again: one another thread started meanwhile holds root too
         _check_no_capabilities(engine)
-        _check_every_thread(uid, gid)
+        _check_every_thread(uid, gid, wanted)
         _check_cannot_regain(engine, attempts)
 
 
@@ -948,8 +948,9 @@ def _check_no_capabilities(engine: Engine) -> None:
         )
 
 
-def _check_every_thread(uid: int, gid: int) -> None:
-    """Every thread of the process must have dropped too.
+def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
+    """Every thread of the process must have dropped too: ids, groups and
+    capability sets.
 
     glibc's and musl's set*id wrappers change every thread; a C library (or
     preload) whose calls change only the calling thread would leave the
@@ -974,11 +975,13 @@ def _check_every_thread(uid: int, gid: int) -> None:
             continue  # the thread has exited meanwhile
         uids = [int(x) for x in status["Uid"].split()]
         gids = [int(x) for x in status["Gid"].split()]
+        held = {int(x) for x in status.get("Groups", "").split()}
         caps = [int(status[k], 16) for k in ("CapPrm", "CapEff", "CapAmb") if k in status]
-        if any(u != uid for u in uids) or any(g != gid for g in gids) or any(caps):
+        if any(u != uid for u in uids) or any(g != gid for g in gids) or held != set(groups) or any(caps):
             raise VerificationError(
-                f"after the permanent drop, thread {tid} still holds uids {uids}, gids {gids}, "
-                f"CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: its C library changes one thread at a time; exit now"
+                f"after the permanent drop, thread {tid} still holds uids {uids}, gids {gids}, groups "
+                f"{sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: its C library changes one "
+                "thread at a time; exit now"
             )
 
 
