@@ -60,10 +60,8 @@ def status_caps() -> dict[str, int]:
         return {k: int(v, 16) for k, _, v in (line.partition(":") for line in f) if k.startswith("Cap")}
 
 
-def capget_sets() -> dict[str, int]:
-    """The calling thread's effective, permitted and inheritable sets from
-    capget(2), called through the C library's own binding (ctypes): a read
-    independent of uidprobe's raw system calls and of /proc."""
+def _cap_binding() -> tuple[Any, Any, Any, Any]:
+    """ctypes, the C library, a capget/capset header and its data (two halves)."""
     import ctypes
 
     class Header(ctypes.Structure):
@@ -73,7 +71,26 @@ def capget_sets() -> dict[str, int]:
         _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
     libc = ctypes.CDLL(None, use_errno=True)
-    h, d = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3: two 32-bit halves
+    return ctypes, libc, Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3: two 32-bit halves
+
+
+def lower_effective(mask: int) -> None:
+    """Take the capabilities in ``mask`` out of the calling thread's
+    effective set (they stay permitted), by capset(2) through the C library."""
+    ctypes, libc, h, d = _cap_binding()
+    if libc.capget(ctypes.byref(h), d) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    d[0].effective &= ~mask & 0xFFFFFFFF
+    d[1].effective &= ~mask >> 32 & 0xFFFFFFFF
+    if libc.capset(ctypes.byref(h), d) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def capget_sets() -> dict[str, int]:
+    """The calling thread's effective, permitted and inheritable sets from
+    capget(2), called through the C library's own binding (ctypes): a read
+    independent of uidprobe's raw system calls and of /proc."""
+    ctypes, libc, h, d = _cap_binding()
     if libc.capget(ctypes.byref(h), d) != 0:
         raise OSError(ctypes.get_errno(), "capget")
     return {

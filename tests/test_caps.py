@@ -46,11 +46,15 @@ ENVIRONMENTS = {
     "plain": [],
     "no_setuid_fixup": ["setpriv", "--securebits", "+no_setuid_fixup"],
     "ambient": ["setpriv", "--inh-caps", "+setuid,+setgid", "--ambient-caps", "+setuid,+setgid"],
+    "effective below permitted": [],  # CAP_DAC_OVERRIDE put out of effect (SWITCH's SETUP)
 }
+CAP_DAC_OVERRIDE = 1 << 1
+#: What each environment does in the process itself before the switch.
+SETUP = {"effective below permitted": f"lower_effective({CAP_DAC_OVERRIDE})"}
 
 SWITCH = """
 import json, os
-from procinfo import capget_sets, securebits, status_caps
+from procinfo import capget_sets, lower_effective, securebits, status_caps
 from uidprobe.privileges import Switcher
 
 def sets():
@@ -60,7 +64,7 @@ def sets():
 os.setresuid(-1, 1000, -1)
 kernel_kept = status_caps()["CapEff"]
 os.setresuid(-1, 0, -1)
-
+{setup}
 before = sets()
 sw = Switcher({values!r}, scope={scope!r})
 with sw.as_user(1000, 1000) as reached:
@@ -105,7 +109,7 @@ def roots_secret() -> Iterator[str]:
 def test_a_switch_to_a_user_holds_no_effective_capability_and_restore_brings_the_starting_sets_back(
     environment: str, scope: str, roots_secret: str
 ) -> None:
-    code = SWITCH.format(values=VALUES, scope=scope, path=roots_secret)
+    code = SWITCH.format(values=VALUES, scope=scope, path=roots_secret, setup=SETUP.get(environment, ""))
     out = run_json(code, ENVIRONMENTS[environment])
     before, inside, after = out["before"], out["inside"], out["after"]
     # The environment is what it claims (else the case proves nothing).
@@ -113,6 +117,9 @@ def test_a_switch_to_a_user_holds_no_effective_capability_and_restore_brings_the
         assert out["securebits"] & SECBIT_NO_SETUID_FIXUP and out["kernel_kept"] == before["status"]["CapEff"] != 0
     if environment == "ambient":
         assert before["status"]["CapAmb"] == CAP_SETUID_SETGID
+    if environment == "effective below permitted":
+        # The kernel's fixup on the way back would make effective = permitted again.
+        assert before["capget"]["CapEff"] == before["capget"]["CapPrm"] & ~CAP_DAC_OVERRIDE
     assert out["uids"] == [0, 1000, 0]
     # Inside: nothing effective, nothing ambient; the permitted set kept for the way back.
     assert inside["status"]["CapEff"] == inside["capget"]["CapEff"] == 0

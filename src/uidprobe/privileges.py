@@ -30,6 +30,20 @@ two calls, an exception raised by a signal handler can only arrive before
 or after a whole switch, and the Switcher records the identity to come back
 to before the switch starts: ``restore()`` always knows the way back.
 
+Capabilities: a switch to a user other than root leaves the thread no
+capability in effect and no ambient capability, whatever the securebits.
+The kernel empties the effective set when the effective uid leaves 0,
+except under SECBIT_NO_SETUID_FIXUP, where it keeps every capability (and a
+write "as the user" would bypass file permissions as root): there, and
+wherever the starting sets are not what the kernel's fixup would give back
+(an ambient set, an effective set below the permitted one), the same C call
+lowers them with capset/prctl right after the uid call.  The permitted and
+inheritable sets are kept for the way back, which restores exactly the
+starting sets; every set is read back by capget and verified like the ids.
+``Identity.caps`` reports them.  In process scope under NO_SETUID_FIXUP the
+other threads' uids change but their effective sets stay (capset changes
+one thread): such a switch is undone and PrivilegeError raised.
+
 A permanent drop also leaves no capability behind: afterwards the permitted,
 effective and ambient sets must be empty and keepcaps off.  If they are not
 (``prctl(PR_SET_KEEPCAPS, 1)`` was set), they are cleared and
