@@ -753,7 +753,8 @@ class Switcher:
                     f"holding {_held(undo.now)}"
                 )
             raise PrivilegeError("restore() ran while switching (from a signal handler?): the switch was undone")
-        others = self._other_threads_holding_caps(sw)
+        caps = sw.start.caps  # (inline: this is every switch's path, and the check is rarely needed)
+        others = caps is not None and caps.securebits & _SECBIT_NO_SETUID_FIXUP and self._threads_holding_caps(sw)
         if others:
             self.restore()
             raise PrivilegeError(
@@ -765,15 +766,12 @@ class Switcher:
         # Read back in full when the plan cannot say (switch results carry no securebits).
         return sw.reached or current_identity(self.engine)
 
-    def _other_threads_holding_caps(self, sw: _Switch) -> str | None:
-        """After a process-scope switch to a user: which other threads still
+    def _threads_holding_caps(self, sw: _Switch) -> str | None:
+        """After a process-scope switch to a user under SECBIT_NO_SETUID_FIXUP
+        (only then can other threads keep any): which other threads still
         hold effective capabilities (the kernel's own per-thread accounts in
-        /proc), or None.  Only SECBIT_NO_SETUID_FIXUP lets them keep any, so
-        only then is /proc read."""
-        caps = sw.start.caps
-        if self.scope != "process" or sw.key[0] == 0 or caps is None:
-            return None
-        if not caps.securebits & _SECBIT_NO_SETUID_FIXUP:
+        /proc), or None."""
+        if self.scope != "process" or sw.key[0] == 0:
             return None
         me = str(threading.get_native_id())
         try:
