@@ -316,3 +316,29 @@ def test_a_thread_switched_on_its_own_is_judged_by_its_own_credentials_not_the_m
         "this process cannot test: it is not root (euid 1000) and lacks CAP_SETUID; run it as root",
     ]
     assert out["main"][0] is True
+
+
+def test_a_capability_set_that_does_not_verify_rolls_the_switch_back_to_the_starting_sets() -> None:
+    # up_switch itself: a capset step whose read-back differs from what the
+    # plan expects (an ambient set that is not there) is undone, and the
+    # rollback is verified against the starting sets.
+    code = (
+        "import json\n"
+        "from procinfo import capget_sets, status_caps\n"
+        "from uidprobe.creds import CapSets, Expect, SwitchPlan, read_creds\n"
+        "from uidprobe.engine import Op, Step\n"
+        "from uidprobe.privileges import _cap_args\n"
+        "start = read_creds(caps=True).caps\n"
+        "before = [status_caps(), capget_sets()]\n"
+        "lower = Step(Op.CAPS_SET, _cap_args(0, start.permitted, start.inheritable))\n"
+        "wrong = Expect(caps=CapSets(0, start.permitted, start.inheritable, ambient=1 << 7))\n"
+        "back = Step(Op.CAPS_SET, _cap_args(start.effective, start.permitted, start.inheritable))\n"
+        "r = SwitchPlan([(lower, wrong)], [back]).run()\n"
+        "same = [status_caps(), capget_sets()] == before\n"
+        "print(json.dumps({'status': r.status.name, 'after_eff': r.after.caps.effective,\n"
+        "    'now': list(r.now.caps.sets), 'start': list(start.sets), 'same': same}))\n"
+    )
+    out = run_json(code, [])
+    assert out["status"] == "ROLLED_BACK"
+    assert out["after_eff"] == 0  # the step did lower the set before the mismatch was seen
+    assert out["now"] == out["start"] and out["same"]
