@@ -34,6 +34,11 @@
 #define UP_OP_THREAD_SETRESUID 15  // SYS_setresuid, this thread only
 #define UP_OP_THREAD_SETRESGID 16  // SYS_setresgid, this thread only
 #define UP_OP_THREAD_SETGROUPS 17  // SYS_setgroups, this thread only
+// Capability steps of the in-process switch (Linux; EINVAL elsewhere).  They
+// change the calling thread only, like capset and prctl themselves.
+// A 64-bit set travels as two args: the low 32 bits, then the high 32 bits.
+#define UP_OP_CAPS_SET 18          // capset: effective, permitted, inheritable := args[0..5]
+#define UP_OP_AMBIENT_RAISE 19     // prctl(PR_CAP_AMBIENT_RAISE) for each capability in args[0..1]
 
 #define UP_MAX_ARGS 8
 #define UP_MAX_GROUPS 8
@@ -98,6 +103,8 @@ struct up_expect {
     long long fsuid, fsgid;
     int groups_off;              // the groups, as a set: pool[groups_off, +groups_count)
     int groups_count;            // -1: not checked
+    int caps_check;              // 1: the four sets below must hold exactly (Linux); 0: not checked
+    unsigned long long cap_eff, cap_prm, cap_inh, cap_amb;
 };
 
 // Every credential of the calling thread.
@@ -109,7 +116,7 @@ struct up_creds {
     long long groups[UP_SWITCH_MAX_GROUPS];
     int caps_known;              // the fields below were read (UP_READ_CAPS, Linux)
     unsigned long long cap_eff, cap_prm, cap_inh, cap_amb;
-    int keepcaps, securebits;
+    int keepcaps, securebits;    // -1 in switch results (not read there)
 };
 
 #define UP_SWITCH_OK 0          // every step ran and verified
@@ -124,7 +131,7 @@ struct up_switch_result {
     int ret, err;                // its return value and errno
     struct up_creds start;       // read before the first step
     struct up_creds after;       // read after the failing (or last) step
-    struct up_creds now;         // held on return
+    struct up_creds now;         // held on return; after UP_SWITCH_OK only what the last step checked
 };
 
 struct up_outcome {
@@ -161,10 +168,11 @@ int up_read_creds(struct up_creds *c, int flags);
 // `start`, if not NULL, is the identity the thread must hold first: when it
 // does not, nothing is done and the status is UP_SWITCH_NOT_AT_START (a
 // cached plan meets a thread whose identity changed: plan again).  After
-// each step every id is read back from the kernel (res->after) and compared
-// with expect[i]; on the first failure or mismatch the `undo` steps run
-// (their failures ignored) and the result says whether the starting
-// identity is back.  res->start is read only when there are undo steps or a
+// each step every id (and the capability sets, where expect[i] names them)
+// is read back from the kernel (res->after) and compared with expect[i]; on
+// the first failure or mismatch the `undo` steps run (their failures
+// ignored) and the result says whether the starting identity, capability
+// sets included, is back.  res->start is read only when there are undo steps or a
 // `start` to check.  Returns res->status.
 int up_switch(const struct up_step *steps, const struct up_expect *expect, int nsteps,
               const struct up_step *undo, int nundo, const long long *pool, int npool,

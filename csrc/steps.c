@@ -86,6 +86,42 @@ static int caps_clear(void)
     struct __user_cap_data_struct d[2] = {{0, 0, 0}, {0, 0, 0}};
     return caps_set(d);
 }
+
+// UP_OP_CAPS_SET: the three sets exactly as the step gives them, each as a
+// (low 32 bits, high 32 bits) pair.  The kernel allows lowering anything and
+// raising the effective set within the permitted one: what a switch needs
+// to put its effective set away and take it back.  Usually the kernel's
+// setuid fixup has done it already, and capset (which commits new
+// credentials: several times the cost of capget) is skipped.
+static int caps_set_to(const struct up_step *s)
+{
+    struct __user_cap_data_struct want[2], have[2];
+    for (int i = 0; i < 2; i++) {
+        want[i].effective = (__u32)s->args[0 + i];
+        want[i].permitted = (__u32)s->args[2 + i];
+        want[i].inheritable = (__u32)s->args[4 + i];
+    }
+    if (caps_get(have) == 0) {
+        int same = 1;
+        for (int i = 0; i < 2; i++)
+            same &= have[i].effective == want[i].effective && have[i].permitted == want[i].permitted &&
+                    have[i].inheritable == want[i].inheritable;
+        if (same)
+            return 0;
+    }
+    return caps_set(want);
+}
+
+// UP_OP_AMBIENT_RAISE: raise each capability of the (low, high) set; the
+// first refusal stops (errno set).
+static int ambient_raise(const struct up_step *s)
+{
+    unsigned long long set = (unsigned long long)(__u32)s->args[1] << 32 | (__u32)s->args[0];
+    for (int cap = 0; cap < 64; cap++)
+        if (set >> cap & 1 && as_step(prctl5(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)) != 0)
+            return -1;
+    return 0;
+}
 #endif
 
 // The group list of a setgroups step into `list`; its length, or -1 with errno.
@@ -290,6 +326,10 @@ int up_do_step(const struct up_step *s, const long long *pool, int npool)
         return as_step(prctl5(PR_SET_KEEPCAPS, (long)s->args[0], 0));
     case UP_OP_AMBIENT_CLEAR:
         return as_step(prctl5(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0));
+    case UP_OP_CAPS_SET:
+        return caps_set_to(s);
+    case UP_OP_AMBIENT_RAISE:
+        return ambient_raise(s);
     case UP_OP_THREAD_START:
         return thread_start();
     case UP_OP_THREAD_SETRESUID:
@@ -412,37 +452,48 @@ void up_read_record(struct up_record *r)
 #endif
 }
 
+// The calling thread's capability sets, and with `bits` keepcaps and
+// securebits (else -1: a switch compares the sets only).  Linux; caps_known
+// stays 0 elsewhere or when capget fails.
+static void read_caps(struct up_creds *c, int bits)
+{
+    c->caps_known = 0;
+#ifdef __linux__
+    struct __user_cap_data_struct d[2];
+    if (caps_get(d) != 0)
+        return;
+    c->cap_eff = (unsigned long long)d[1].effective << 32 | d[0].effective;
+    c->cap_prm = (unsigned long long)d[1].permitted << 32 | d[0].permitted;
+    c->cap_inh = (unsigned long long)d[1].inheritable << 32 | d[0].inheritable;
+    c->cap_amb = 0;
+    // Ambient capabilities have no bulk read, but the kernel keeps the
+    // ambient set within permitted and inheritable: ask only about those
+    // (usually none, as a root process's inheritable set is empty).
+    unsigned long long maybe = c->cap_prm & c->cap_inh;
+    for (int cap = 0; cap < 64; cap++) {
+        if (!(maybe >> cap & 1))
+            continue;
+        long r = prctl5(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap);
+        if (r > 0)
+            c->cap_amb |= 1ULL << cap;
+    }
+    c->keepcaps = bits ? (int)prctl5(PR_GET_KEEPCAPS, 0, 0) : -1;
+    c->securebits = bits ? (int)prctl5(PR_GET_SECUREBITS, 0, 0) : -1;
+    c->caps_known = 1;
+#else
+    (void)c;
+    (void)bits;
+#endif
+}
+
 int up_read_creds(struct up_creds *c, int flags)
 {
     libc_ids(c->libc_uid, c->libc_gid);
     kernel_ids(c->uid, c->gid, &c->fsuid, &c->fsgid);
     c->ngroups = kernel_groups(c->groups, UP_SWITCH_MAX_GROUPS);
     c->caps_known = 0;
-#ifdef __linux__
-    if (flags & UP_READ_CAPS) {
-        struct __user_cap_data_struct d[2];
-        if (caps_get(d) == 0) {
-            c->cap_eff = (unsigned long long)d[1].effective << 32 | d[0].effective;
-            c->cap_prm = (unsigned long long)d[1].permitted << 32 | d[0].permitted;
-            c->cap_inh = (unsigned long long)d[1].inheritable << 32 | d[0].inheritable;
-            c->cap_amb = 0;
-            // Ambient capabilities have no bulk read: ask for each one up to
-            // the first the kernel does not know.
-            for (int cap = 0; cap < 64; cap++) {
-                long r = prctl5(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap);
-                if (r < 0)
-                    break;
-                if (r > 0)
-                    c->cap_amb |= 1ULL << cap;
-            }
-            c->keepcaps = (int)prctl5(PR_GET_KEEPCAPS, 0, 0);
-            c->securebits = (int)prctl5(PR_GET_SECUREBITS, 0, 0);
-            c->caps_known = 1;
-        }
-    }
-#else
-    (void)flags;
-#endif
+    if (flags & UP_READ_CAPS)
+        read_caps(c, 1);
     return 0;
 }
 
@@ -515,6 +566,9 @@ static int matches(const struct up_expect *e, const struct up_creds *c, const lo
         if (!same_set(c->groups, c->ngroups, pool + e->groups_off, e->groups_count))
             return 0;
     }
+    if (e->caps_check && !(c->caps_known && c->cap_eff == e->cap_eff && c->cap_prm == e->cap_prm &&
+                           c->cap_inh == e->cap_inh && c->cap_amb == e->cap_amb))
+        return 0;
     return 1;
 }
 
@@ -528,11 +582,16 @@ static int same_identity(const struct up_creds *a, const struct up_creds *b)
         return 0;
     if (a->ngroups != b->ngroups || a->ngroups < 0 || a->ngroups > UP_SWITCH_MAX_GROUPS)
         return 0;
+    if (a->caps_known != b->caps_known)
+        return 0;
+    if (a->caps_known && (a->cap_eff != b->cap_eff || a->cap_prm != b->cap_prm || a->cap_inh != b->cap_inh ||
+                          a->cap_amb != b->cap_amb))
+        return 0;
     return same_set(a->groups, a->ngroups, b->groups, b->ngroups);
 }
 
 // What an expectation looks at: the reads up_switch() must make after a step.
-enum { NEED_UIDS = 1, NEED_GIDS = 2, NEED_GROUPS = 4, NEED_ALL = 7 };
+enum { NEED_UIDS = 1, NEED_GIDS = 2, NEED_GROUPS = 4, NEED_CAPS = 8, NEED_ALL = 15 };
 
 static int needs(const struct up_expect *e)
 {
@@ -549,13 +608,15 @@ static int needs(const struct up_expect *e)
         n |= NEED_GIDS;
     if (e->groups_count >= 0)
         n |= NEED_GROUPS;
+    if (e->caps_check)
+        n |= NEED_CAPS;
     return n;
 }
 
 // The calling thread's identity for up_switch(): the kernel's view only
 // (the C library's answer is not compared), and only the families `need`
-// names (the others are UP_ID_UNKNOWN, groups -1): an expectation about
-// the uids alone costs two system calls, not five.
+// names (the others are UP_ID_UNKNOWN, groups -1, caps_known 0): an
+// expectation about the uids alone costs two system calls, not eight.
 static void switch_creds(struct up_creds *c, int need)
 {
 #ifdef __linux__
@@ -585,6 +646,8 @@ static void switch_creds(struct up_creds *c, int need)
 #endif
     c->ngroups = need & NEED_GROUPS ? kernel_groups(c->groups, UP_SWITCH_MAX_GROUPS) : -1;
     c->caps_known = 0;
+    if (need & NEED_CAPS)
+        read_caps(c, 0);
 }
 
 // *dst = *src, but only the groups in use: a whole up_creds is 32 kB, most
@@ -660,10 +723,11 @@ int up_switch(const struct up_step *steps, const struct up_expect *expect, int n
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         return res->status;
     }
-    // What the thread holds: the last read when it was complete.
-    if (nsteps > 0 && needs(&expect[nsteps - 1]) == NEED_ALL)
+    // What the thread holds: on success, the last step's read-back (every
+    // family it checked; a full read more would cost a quarter of a switch).
+    if (nsteps > 0)
         copy_creds(&res->now, &res->after);
-    else if (nsteps == 0 && have_start)
+    else if (have_start)
         copy_creds(&res->now, &res->start);
     else
         switch_creds(&res->now, NEED_ALL);

@@ -26,6 +26,8 @@ from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result
 
 ATTACKER = 1000
+#: A process whose ids are all 1000, without capabilities: it holds nothing beyond uid 1000.
+AS_1000 = trust.Reader(uids=(ATTACKER,) * 3, gids=(ATTACKER,) * 3, caps=0)
 AS_ATTACKER = ["setpriv", f"--reuid={ATTACKER}", f"--regid={ATTACKER}", "--clear-groups"]
 LOADS = 5000
 WRITES = 2000
@@ -272,7 +274,7 @@ def test_a_process_whose_uids_are_all_1000_trusts_roots_store(safe_dir: Path) ->
     path = safe_dir / "verdicts"
     path.write_bytes(store_bytes("genuine"))  # written by this root process: root's
     path.chmod(0o644)
-    assert store.load(str(path), uids=(ATTACKER, ATTACKER, ATTACKER)).valid
+    assert store.load(str(path), reader=AS_1000).valid
 
 
 @requires_root
@@ -282,7 +284,7 @@ def test_a_process_whose_uids_are_all_1000_trusts_a_store_that_uid_1000_owns(saf
     path.chmod(0o644)
     os.chown(path, ATTACKER, ATTACKER)
     os.chown(safe_dir, ATTACKER, ATTACKER)
-    assert store.load(str(path), uids=(ATTACKER, ATTACKER, ATTACKER)).valid
+    assert store.load(str(path), reader=AS_1000).valid
     assert store.load(str(path)).reason == f"unsafe: directory {safe_dir} is owned by uid {ATTACKER}, not root"
 
 

@@ -731,7 +731,7 @@ def cmd_model(args: argparse.Namespace, out: TextIO) -> int:
 
     from uidprobe import model
     from uidprobe.ids import Family
-    from uidprobe.process import read_state
+    from uidprobe.suite import probing_state
 
     if args.diff:
         try:
@@ -747,7 +747,8 @@ def cmd_model(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{len(lines)} transition(s) differ\n")
         return EX_FALSE if lines else EX_OK
     family = Family.GID if args.gid else Family.UID
-    why = read_state().cannot_switch(family)
+    engine = _engine(args)
+    why = probing_state(engine).cannot_switch(family)
     if why:
         _warn(f"the model needs root to establish each state; {why}")
         return EX_NOPERM
@@ -756,7 +757,7 @@ def cmd_model(args: argparse.Namespace, out: TextIO) -> int:
     progress = Progress(f"{family.value} model", enabled=not args.quiet)
     try:
         m = model.build(
-            family, a=args.ids[0], b=args.ids[1], timeout=_timeout_of(args), engine=_engine(args), progress=progress
+            family, a=args.ids[0], b=args.ids[1], timeout=_timeout_of(args), engine=engine, progress=progress
         )
     except ValueError as e:
         raise UsageError(str(e)) from None

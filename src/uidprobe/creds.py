@@ -12,12 +12,21 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from uidprobe.engine import MAX_STEPS, Engine, Step, default_engine, triple_from_c
 from uidprobe.ids import IdPattern, IdTriple
 
-__all__ = ["Caps", "Creds", "Expect", "SwitchPlan", "SwitchResult", "SwitchStatus", "read_creds"]
+__all__ = ["CapSets", "Caps", "Creds", "Expect", "SwitchPlan", "SwitchResult", "SwitchStatus", "read_creds"]
+
+
+class CapSets(NamedTuple):
+    """The four capability sets of a thread, as bit masks (bit n: capability n)."""
+
+    effective: int
+    permitted: int
+    inheritable: int
+    ambient: int
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,10 @@ class Caps:
         """Could bring privilege back: a capability in the permitted, effective
         or ambient set, or keepcaps on."""
         return bool(self.effective or self.permitted or self.ambient or self.keepcaps)
+
+    @property
+    def sets(self) -> CapSets:
+        return CapSets(self.effective, self.permitted, self.inheritable, self.ambient)
 
     def describe(self) -> str:
         return (
@@ -111,6 +124,7 @@ class Expect:
     fsuid: int | None = None
     fsgid: int | None = None
     groups: tuple[int, ...] | None = None  # as a set
+    caps: CapSets | None = None  # all four sets, exactly
 
 
 class SwitchStatus(enum.IntEnum):
@@ -124,7 +138,9 @@ class SwitchStatus(enum.IntEnum):
 
 @dataclass(frozen=True)
 class SwitchResult:
-    """How an in-process switch ended (the credentials are read lazily)."""
+    """How an in-process switch ended (the credentials are converted lazily;
+    their ``caps``, where read, carry the four sets only: keepcaps and
+    securebits are not read during a switch)."""
 
     status: SwitchStatus
     failed_step: Step | None
@@ -145,7 +161,8 @@ class SwitchResult:
 
     @property
     def now(self) -> Creds:
-        """What the thread holds now."""
+        """What the thread holds now.  After OK only what the last step
+        checked was read (the rest is unknown: None, or no groups/caps)."""
         return _creds(self._lib, self._raw.now)
 
 
@@ -274,3 +291,6 @@ def _fill_expect(lib: Any, c: Any, exp: Expect, pool: list[int]) -> None:
     else:
         c.groups_off, c.groups_count = len(pool), len(exp.groups)
         pool.extend(exp.groups)
+    if exp.caps is not None:
+        c.caps_check = 1
+        c.cap_eff, c.cap_prm, c.cap_inh, c.cap_amb = exp.caps

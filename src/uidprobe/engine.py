@@ -89,6 +89,9 @@ class Op(enum.IntEnum):
     THREAD_SETRESUID = 15
     THREAD_SETRESGID = 16
     THREAD_SETGROUPS = 17
+    # The in-process switch's capability steps (Linux; the calling thread only).
+    CAPS_SET = 18  # capset: args (eff lo, eff hi, prm lo, prm hi, inh lo, inh hi)
+    AMBIENT_RAISE = 19  # PR_CAP_AMBIENT_RAISE for each capability in args (lo, hi)
 
     @property
     def call(self) -> str:
@@ -102,7 +105,7 @@ class Op(enum.IntEnum):
             return "groups"
         if self is Op.THREAD_START:
             return "thread"
-        if Op.CAPS_RAISE.value <= self.value <= Op.AMBIENT_CLEAR.value:
+        if Op.CAPS_RAISE.value <= self.value <= Op.AMBIENT_CLEAR.value or self in (Op.CAPS_SET, Op.AMBIENT_RAISE):
             return "caps"
         return "uid" if self.name.endswith("UID") else "gid"
 
@@ -121,6 +124,8 @@ _CALL_NAMES = {
     Op.THREAD_SETRESUID: "SYS_setresuid",
     Op.THREAD_SETRESGID: "SYS_setresgid",
     Op.THREAD_SETGROUPS: "SYS_setgroups",
+    Op.CAPS_SET: "capset",
+    Op.AMBIENT_RAISE: "prctl-ambient-raise",
 }
 
 _SHOWN = {
@@ -162,6 +167,12 @@ class Step:
             return f"{self.op.call}([{', '.join(map(str, shown))}])"
         if self.op is Op.KEEPCAPS:
             return f"prctl(PR_SET_KEEPCAPS, {self.args[0]})"
+        if self.op in (Op.CAPS_SET, Op.AMBIENT_RAISE):
+            sets = [self.args[i] | self.args[i + 1] << 32 for i in range(0, len(self.args) - 1, 2)]
+            if self.op is Op.AMBIENT_RAISE:
+                return f"prctl(PR_CAP_AMBIENT_RAISE, {sets[0]:#x})"
+            named = zip(("effective", "permitted", "inheritable"), sets)
+            return "capset(" + ", ".join(f"{n}={v:#x}" for n, v in named) + ")"
         if self.op in _SHOWN:
             return _SHOWN[self.op]
         return f"{self.op.call}({', '.join(map(str, self.args))})"

@@ -38,6 +38,20 @@ two calls, an exception raised by a signal handler can only arrive before
 or after a whole switch, and the Switcher records the identity to come back
 to before the switch starts: ``restore()`` always knows the way back.
 
+Capabilities: a switch to a user other than root leaves the thread no
+capability in effect and no ambient capability, whatever the securebits.
+The kernel empties the effective set when the effective uid leaves 0,
+except under SECBIT_NO_SETUID_FIXUP, where it keeps every capability (and a
+write "as the user" would bypass file permissions as root): there, and
+wherever the starting sets are not what the kernel's fixup would give back
+(an ambient set, an effective set below the permitted one), the same C call
+lowers them with capset/prctl right after the uid call.  The permitted and
+inheritable sets are kept for the way back, which restores exactly the
+starting sets; every set is read back by capget and verified like the ids.
+``Identity.caps`` reports them.  In process scope under NO_SETUID_FIXUP the
+other threads' uids change but their effective sets stay (capset changes
+one thread): such a switch is undone and PrivilegeError raised.
+
 A permanent drop also leaves no capability behind: afterwards the permitted,
 effective and ambient sets must be empty and keepcaps off.  If they are not
 (``prctl(PR_SET_KEEPCAPS, 1)`` was set), they are cleared and
@@ -85,11 +99,11 @@ import errno as errno_mod
 import os
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Literal, Optional
 
 from uidprobe.accounts import Group, User, listed, needs_lookup, resolve
-from uidprobe.creds import Caps, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
+from uidprobe.creds import Caps, CapSets, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
 from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, close_kept_runners, default_engine
 from uidprobe.errors import InvalidTargetError, NoMechanismError, PrivilegeError, VerificationError
 from uidprobe.ids import IdTriple
@@ -111,24 +125,32 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Identity:
-    """Every credential a switch must get right, as read back from the kernel."""
+    """Every credential a switch must get right, as read back from the kernel.
+
+    ``caps`` is the calling thread's capability state (None off Linux).  While
+    switched to a user other than root it shows what the thread may hold:
+    empty effective and ambient sets, and the permitted and inheritable sets
+    of the start, kept only so that ``restore`` can take the effective set
+    back (keepcaps and securebits are never changed).
+    """
 
     uids: IdTriple
     gids: IdTriple
     groups: tuple[int, ...]  # the supplementary groups, sorted, without duplicates
     fsuid: int | None  # None where the platform has no filesystem ids to read
     fsgid: int | None
+    caps: Caps | None = None
 
 
 def _identity(c: Creds) -> Identity:
     if c.groups is None:
         raise PrivilegeError(f"this process has more supplementary groups than uidprobe verifies ({MAX_SWITCH_GROUPS})")
-    return Identity(uids=c.uids, gids=c.gids, groups=c.groups, fsuid=c.fsuid, fsgid=c.fsgid)
+    return Identity(uids=c.uids, gids=c.gids, groups=c.groups, fsuid=c.fsuid, fsgid=c.fsgid, caps=c.caps)
 
 
 def current_identity(engine: Engine | None = None) -> Identity:
-    """The calling thread's credentials, read back from the kernel now."""
-    return _identity(read_creds(engine=engine))
+    """The calling thread's credentials, capabilities included, read back from the kernel now."""
+    return _identity(read_creds(caps=True, engine=engine))
 
 
 def current_caps(engine: Engine | None = None) -> Caps | None:
@@ -270,12 +292,53 @@ class _Tracker:
         self.groups = start.groups
         self.fsuid = start.fsuid
         self.fsgid = start.fsgid
+        self.start_caps = start.caps
+        # The capability sets are checked from the step that pins them down
+        # (a capset, or a uid step that must keep them): a capget saved on
+        # every step before it.
+        self.caps: CapSets | None = None
         self.steps: list[tuple[Step, Expect]] = []
 
     def _add(self, step: Step) -> None:
         self.steps.append(
-            (step, Expect(uids=self.uids, gids=self.gids, fsuid=self.fsuid, fsgid=self.fsgid, groups=self.groups))
+            (
+                step,
+                Expect(
+                    uids=self.uids,
+                    gids=self.gids,
+                    fsuid=self.fsuid,
+                    fsgid=self.fsgid,
+                    groups=self.groups,
+                    caps=self.caps,
+                ),
+            )
         )
+
+    def keep_caps(self) -> None:
+        """The next steps must leave the starting capability sets as they are."""
+        self.caps = self.start_caps.sets if self.start_caps is not None else None
+
+    def lower_caps(self) -> None:
+        """After the uid step: the effective and ambient sets must be empty,
+        permitted and inheritable as they were (the way back raises the
+        effective set from them).  Where the kernel's setuid fixup emptied
+        the effective set (and there is no ambient set), the uid step's
+        read-back checks that; otherwise capset and prctl empty them here.
+        Every signal is blocked from the uid step to this one (one C call),
+        so nothing runs in between with a user's uid and root's effective
+        set."""
+        c = self.start_caps
+        if c is None:
+            return  # no capabilities on this platform
+        self.caps = CapSets(effective=0, permitted=c.permitted, inheritable=c.inheritable, ambient=0)
+        if _fixup_moves_caps(c):
+            step, exp = self.steps[-1]
+            self.steps[-1] = (step, replace(exp, caps=self.caps))
+            return
+        if c.ambient:
+            self._add(Step(Op.AMBIENT_CLEAR, ()))
+        # capset changes no id (the uid step checked them all): the sets alone are read back.
+        self.steps.append((Step(Op.CAPS_SET, _cap_args(0, c.permitted, c.inheritable)), Expect(caps=self.caps)))
 
     def groups_to(self, groups: tuple[int, ...]) -> None:
         self.groups = tuple(sorted(set(groups)))
@@ -289,8 +352,18 @@ class _Tracker:
         gr, ge, gs = self.gids
         assert r is not None and e is not None and s is not None  # for mypy: checked above
         assert gr is not None and ge is not None and gs is not None
+        caps = self.start_caps
+        if caps is not None and self.caps is not None:
+            caps = replace(caps, effective=self.caps.effective, ambient=self.caps.ambient)
+        elif caps is not None:
+            return None  # not pinned down: read back
         return Identity(
-            uids=IdTriple(r, e, s), gids=IdTriple(gr, ge, gs), groups=self.groups, fsuid=self.fsuid, fsgid=self.fsgid
+            uids=IdTriple(r, e, s),
+            gids=IdTriple(gr, ge, gs),
+            groups=self.groups,
+            fsuid=self.fsuid,
+            fsgid=self.fsgid,
+            caps=caps,
         )
 
     def uid(self, moves: _Moves) -> None:
@@ -307,27 +380,55 @@ class _Tracker:
             self._add(step)
 
 
+#: securebits: the kernel leaves the capability sets alone when uids change.
+_SECBIT_NO_SETUID_FIXUP = 1 << 2
+#: securebits: no ambient capability may be raised.
+_SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6
+
+
+def _fixup_moves_caps(c: Caps) -> bool:
+    """Does the kernel alone empty the effective set when the effective uid
+    leaves 0, and make it the permitted set again on return, which is then
+    the starting state (and there is no ambient set to put away)?  Else the
+    switch does it with capset and prctl."""
+    return not c.securebits & _SECBIT_NO_SETUID_FIXUP and c.effective == c.permitted and not c.ambient
+
+
+def _cap_args(effective: int, permitted: int, inheritable: int) -> tuple[int, ...]:
+    """A capset step's arguments: each set as (low 32 bits, high 32 bits)."""
+    return tuple(part for v in (effective, permitted, inheritable) for part in (v & 0xFFFFFFFF, v >> 32))
+
+
 def _plan_back(mech: Mechanism, start: Identity, groups_op: Op = Op.SETGROUPS) -> list[tuple[Step, Expect]]:
-    """The way back to ``start``: uid first, then gid, then groups.
+    """The way back to ``start``: uid first, then the capability sets, gid
+    and groups.
 
     Each step checks the family it sets, and the last one the whole starting
-    identity.  So the same plan works from the switched identity, from a
-    half-switched one and from the start itself (an interrupted ``restore``
-    can simply be run again).
+    identity, capability sets included.  So the same plan works from the
+    switched identity, from a half-switched one and from the start itself
+    (an interrupted ``restore`` can simply be run again).  The sets are put
+    back by capset right after the uid where the kernel does not raise them
+    itself (under SECBIT_NO_SETUID_FIXUP; setgroups needs CAP_SETGID);
+    ambient capabilities are raised again only if the start had them.
     """
     steps: list[tuple[Step, Expect]] = []
     for step, triple in _MECHANISMS[mech.uid].back(start.uids):
         steps.append((step, Expect(uids=triple, fsuid=None if start.fsuid is None else triple[1])))
+    if start.caps is not None and not _fixup_moves_caps(start.caps):
+        c = start.caps
+        steps.append((Step(Op.CAPS_SET, _cap_args(c.effective, c.permitted, c.inheritable)), Expect()))
+        if c.ambient:
+            steps.append((Step(Op.AMBIENT_RAISE, (c.ambient & 0xFFFFFFFF, c.ambient >> 32)), Expect()))
     for step, triple in _MECHANISMS[mech.gid].back(start.gids):
         steps.append((step, Expect(gids=triple, fsgid=None if start.fsgid is None else triple[1])))
-    whole = Expect(uids=start.uids, gids=start.gids, fsuid=start.fsuid, fsgid=start.fsgid, groups=start.groups)
-    steps.append((Step(groups_op, start.groups), whole))
+    steps.append((Step(groups_op, start.groups), _whole(start)))
     return steps
 
 
 def _whole(i: Identity) -> Expect:
     """Every credential of ``i``, as an expectation."""
-    return Expect(uids=i.uids, gids=i.gids, fsuid=i.fsuid, fsgid=i.fsgid, groups=i.groups)
+    caps = i.caps.sets if i.caps is not None else None
+    return Expect(uids=i.uids, gids=i.gids, fsuid=i.fsuid, fsgid=i.fsgid, groups=i.groups, caps=caps)
 
 
 def _describe_failure(result: SwitchResult) -> str:
@@ -354,11 +455,21 @@ def _describe_failure(result: SwitchResult) -> str:
             count = "more than uidprobe reads" if got.groups is None else len(got.groups)
             return f"after {step}: {count} groups, should be {len(groups)}; missing {missing}, unexpected {extra}"
         return f"after {step}: groups are {got.groups}, should be {groups}"
+    if exp.caps is not None and (got.caps is None or got.caps.sets != exp.caps):
+        sets = got.caps.sets if got.caps is not None else None
+        return f"after {step}: capability sets are {_sets(sets)}, should be {_sets(exp.caps)}"
     return f"after {step}: the ids read back are not what they must be"
 
 
+def _sets(s: CapSets | None) -> str:
+    if s is None:
+        return "unknown"
+    return f"CapEff={s.effective:#x} CapPrm={s.permitted:#x} CapInh={s.inheritable:#x} CapAmb={s.ambient:#x}"
+
+
 def _held(c: Creds) -> str:
-    return f"uids {tuple(c.uids)}, gids {tuple(c.gids)}, groups {c.groups}, fsuid {c.fsuid}, fsgid {c.fsgid}"
+    held = f"uids {tuple(c.uids)}, gids {tuple(c.gids)}, groups {c.groups}, fsuid {c.fsuid}, fsgid {c.fsgid}"
+    return held if c.caps is None else f"{held}, {_sets(c.caps.sets)}"
 
 
 def _signals_land_here() -> None:
@@ -566,11 +677,20 @@ class Switcher:
         start = current_identity(self.engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"becoming another user needs effective uid 0, not {start.uids[1]}")
+        if uid != 0 and start.caps and start.caps.ambient and start.caps.securebits & _SECBIT_NO_CAP_AMBIENT_RAISE:
+            raise PrivilegeError(
+                f"a switch puts the ambient capabilities ({start.caps.ambient:#x}) away, and "
+                "SECBIT_NO_CAP_AMBIENT_RAISE would stop restore() from raising them again"
+            )
         m = self.mechanism
         t = _Tracker(start, self._groups_op)
         t.groups_to(wanted)
         t.gid(_MECHANISMS[m.gid].temporary(start.gids, gid))
+        if uid == 0:
+            t.keep_caps()  # root stays root: the sets must not move
         t.uid(_MECHANISMS[m.uid].temporary(start.uids, uid))
+        if uid != 0:
+            t.lower_caps()
         back = _plan_back(m, start, self._groups_op)
         undo = [step for step, _ in back]
         forward = SwitchPlan(t.steps, undo, self.engine, start=_whole(start))
@@ -627,7 +747,41 @@ class Switcher:
                     f"holding {_held(undo.now)}"
                 )
             raise PrivilegeError("restore() ran while switching (from a signal handler?): the switch was undone")
-        return sw.reached or _identity(sw.forward.result(status).now)
+        caps = sw.start.caps  # (inline: this is every switch's path, and the check is rarely needed)
+        others = caps is not None and caps.securebits & _SECBIT_NO_SETUID_FIXUP and self._threads_holding_caps(sw)
+        if others:
+            self.restore()
+            raise PrivilegeError(
+                f"the switch was undone: as uid {sw.key[0]}, {others}. Under SECBIT_NO_SETUID_FIXUP the kernel "
+                "keeps every thread's effective capabilities when the C library changes their uids, and a "
+                "switch can lower only its own thread's: use Switcher(scope='thread'), or switch before "
+                "starting threads"
+            )
+        # Read back in full when the plan cannot say (switch results carry no securebits).
+        return sw.reached or current_identity(self.engine)
+
+    def _threads_holding_caps(self, sw: _Switch) -> str | None:
+        """After a process-scope switch to a user under SECBIT_NO_SETUID_FIXUP
+        (only then can other threads keep any): which other threads still
+        hold effective capabilities (the kernel's own per-thread accounts in
+        /proc), or None."""
+        if self.scope != "process" or sw.key[0] == 0:
+            return None
+        me = str(threading.get_native_id())
+        try:
+            tids = [t for t in os.listdir("/proc/self/task") if t != me]
+        except OSError:
+            return "the other threads cannot be checked (/proc/self/task is not readable)"
+        holding = []
+        for tid in tids:
+            try:
+                with open(f"/proc/self/task/{tid}/status") as f:
+                    eff = next((line.split()[1] for line in f if line.startswith("CapEff:")), "0")
+            except OSError:
+                continue  # the thread has exited meanwhile
+            if int(eff, 16):
+                holding.append(f"thread {tid} still held CapEff={int(eff, 16):#x}")
+        return "; ".join(holding) or None
 
     def become(self, user: User, group: Group | None = None, groups: _Groups = None) -> Identity:
         """Take ``user``/``group``/``groups`` as the effective identity,
@@ -764,7 +918,7 @@ class Switcher:
             raise VerificationError(f"{_describe_failure(result)} (dropping with {m.uid}/{m.gid}); {where}")
         close_kept_runners()  # again: one another thread started meanwhile holds root too
         _check_no_capabilities(engine)
-        _check_every_thread(uid, gid)
+        _check_every_thread(uid, gid, wanted)
         _check_cannot_regain(engine, attempts)
 
 
@@ -813,8 +967,9 @@ def _check_no_capabilities(engine: Engine) -> None:
         )
 
 
-def _check_every_thread(uid: int, gid: int) -> None:
-    """Every thread of the process must have dropped too.
+def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
+    """Every thread of the process must have dropped too: ids, groups and
+    capability sets.
 
     glibc's and musl's set*id wrappers change every thread; a C library (or
     preload) whose calls change only the calling thread would leave the
@@ -839,11 +994,13 @@ def _check_every_thread(uid: int, gid: int) -> None:
             continue  # the thread has exited meanwhile
         uids = [int(x) for x in status["Uid"].split()]
         gids = [int(x) for x in status["Gid"].split()]
+        held = {int(x) for x in status.get("Groups", "").split()}
         caps = [int(status[k], 16) for k in ("CapPrm", "CapEff", "CapAmb") if k in status]
-        if any(u != uid for u in uids) or any(g != gid for g in gids) or any(caps):
+        if any(u != uid for u in uids) or any(g != gid for g in gids) or held != set(groups) or any(caps):
             raise VerificationError(
-                f"after the permanent drop, thread {tid} still holds uids {uids}, gids {gids}, "
-                f"CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: its C library changes one thread at a time; exit now"
+                f"after the permanent drop, thread {tid} still holds uids {uids}, gids {gids}, groups "
+                f"{sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: its C library changes one "
+                "thread at a time; exit now"
             )
 
 

@@ -25,6 +25,8 @@ __all__ = [
 
 CAP_SETGID = 6
 CAP_SETUID = 7
+#: securebits (linux/securebits.h): set*id leaves the capability sets alone.
+SECBIT_NO_SETUID_FIXUP = 1 << 2
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class ProcessState:
     overflow_ids: frozenset[int] = field(default_factory=frozenset)
     #: why the C library's ids cannot be believed (an emulated root), or None
     emulation: str | None = None
+    #: prctl(PR_GET_SECUREBITS); None where not read (/proc does not show
+    #: them: suite.run asks the engine before it forks)
+    securebits: int | None = None
 
     def cannot_switch(self, family: Family) -> str | None:
         """Why this process cannot establish a probe's start state, or None.
@@ -66,6 +71,12 @@ class ProcessState:
         """
         if self.emulation:
             return f"this process cannot test: {self.emulation}"
+        if self.securebits is not None and self.securebits & SECBIT_NO_SETUID_FIXUP:
+            return (
+                "this process cannot test: SECBIT_NO_SETUID_FIXUP is set, so the kernel keeps its capabilities "
+                "across set*id calls and what a call allows here is not what it allows root elsewhere "
+                "(probe without that securebit)"
+            )
         need = [("CAP_SETUID", self.cap_setuid)]
         if Family(family) is not Family.UID:
             need.append(("CAP_SETGID", self.cap_setgid))
@@ -169,11 +180,19 @@ def _namespace_facts(proc: str) -> tuple[IdMap | None, IdMap | None, bool]:
     return facts
 
 
+def _own_status() -> str | None:
+    """The calling thread's /proc status: credentials are per thread, and
+    /proc/self/status describes the main thread only (a thread switched by
+    ``Switcher(scope="thread")`` would be judged by root's capabilities, and
+    its ids taken for an emulation's)."""
+    return _read("/proc/thread-self/status") or _read("/proc/self/status")
+
+
 def read_state(proc: str = "/proc/self") -> ProcessState:
-    """The current process's privilege facts (Linux: from /proc)."""
+    """The calling thread's privilege facts (Linux: from /proc)."""
     euid = os.geteuid()
     linux = sys.platform.startswith("linux")
-    status = _status_fields(_read("/proc/self/status") if linux else None)
+    status = _status_fields(_own_status() if linux else None)
     caps = _effective_caps(status)
     caps_known = caps is not None
     uid_map, gid_map, setgroups_allowed = _namespace_facts(proc)

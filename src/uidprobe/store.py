@@ -1,10 +1,10 @@
 """The persisted verdicts: where they live, when to trust them, how to write them.
 
 A root process reads this file and acts on it, so it is trusted only when
-nobody but root (or a reader whose real, effective and saved uids are all
-the file's owner) could have written it: the safe-file rule of
-``uidprobe.trust``, decided from the open descriptor that is read, for the
-file and every directory above it.  The same rule applies to a path given
+nobody but root (or, for a reader that holds nothing beyond one uid, that
+uid) could have written it: the safe-file rule of ``uidprobe.trust``
+(written down there, gids and capabilities included), decided from the open
+descriptor that is read, for the file and every directory above it.  The same rule applies to a path given
 explicitly or through ``UIDPROBE_STORE``: an environment variable must not
 let another user feed verdicts to root.
 
@@ -229,16 +229,16 @@ def _stale(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     return None
 
 
-def load(path: str | None = None, uids: tuple[int, int, int] | None = None) -> Loaded:
+def load(path: str | None = None, reader: trust.Reader | None = None) -> Loaded:
     """Read and validate the store at ``path`` (default: ``default_path()``).
 
-    ``uids`` (real, effective, saved) are whose trust to apply; by default
-    this process's.  Never raises: a store that cannot be trusted comes back
+    ``reader`` is whose trust to apply; by default this thread's
+    credentials.  Never raises: a store that cannot be trusted comes back
     with ``results=None`` and the reason.
     """
     path = path or default_path()
     try:
-        raw, why = trust.read_trusted(path, max_bytes=MAX_BYTES, uids=uids)
+        raw, why = trust.read_trusted(path, max_bytes=MAX_BYTES, reader=reader)
         if raw is None:
             if why.startswith("absent"):
                 why = "absent: no store at this path (run 'uidprobe configure' as root)"

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 from uidprobe import probes, verdicts
+from uidprobe.creds import read_creds
 from uidprobe.engine import DEFAULT_TIMEOUT, Engine, Features, Outcome, default_engine
 from uidprobe.ids import Family, IdSet
 from uidprobe.names import DECLARED
@@ -85,6 +87,17 @@ def declared_saved_ids() -> Result:
         meaning=meaning,
         kind=Kind.DECLARED,
     )
+
+
+def probing_state(engine: Engine | None = None) -> ProcessState:
+    """``read_state()``, with the securebits where probing could otherwise
+    start: only the engine can read them (/proc does not show them), so it
+    is loaded then, before any child is forked."""
+    state = read_state()
+    if state.cannot_switch(Family.UID):
+        return state
+    caps = read_creds(caps=True, engine=engine or default_engine()).caps
+    return replace(state, securebits=caps.securebits if caps is not None else None)
 
 
 def _precondition(p: Probe, state: ProcessState, uids: IdSet | str, gids: IdSet | str) -> str | None:
@@ -167,7 +180,7 @@ def run(
     """
     wanted = list(NAMES) if names is None else list(dict.fromkeys(names))
     selected = [probes.by_name(n) for n in wanted if n != DECLARED]  # ValueError naming the known ones
-    state = read_state()
+    state = probing_state(engine) if selected else read_state()
     uid_set = choose_ids(state.uid_map, "uid", uids, state.overflow_ids)
     gid_set = choose_ids(state.gid_map, "gid", gids, state.overflow_ids)
 

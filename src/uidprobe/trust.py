@@ -10,12 +10,20 @@ used: the path is walked from ``/`` one component at a time with
 checked before anything is opened inside it, and the file is judged by the
 ``fstat`` of the descriptor that is read.
 
-The rule (sendmail's safe-file rule, with the saved uid taken into account):
+The rule (sendmail's safe-file rule, with every credential taken into
+account; this is the one place it is written down):
 
-* The trusted owners are root and, only when the process's real, effective
-  and saved uids are one and the same uid U, also U.  A process that can
-  get root back (any of its uids is 0) or that runs with mixed uids trusts
-  only root's files: what it reads now it may act on as root later.
+* The trusted owners are root and, only for a process that holds nothing
+  beyond a uid U, also U.  Holding nothing beyond U means: real, effective
+  and saved uid are all U; real, effective and saved gid are all one gid;
+  and no capability in the effective, permitted or ambient set (U has none;
+  on Linux the sets are read from /proc, and a process whose sets cannot be
+  read is assumed to hold some).  Any other process trusts only root's
+  files: one that can get root back (a uid 0), runs with mixed uids, holds
+  a gid it could act with (a set-group-ID program: gids 1000, 0, 0) or a
+  capability (ambient CAP_SETUID) is more than U, and what it reads now it
+  may act on with that privilege later.  A refusal says which of these it
+  was.
 * Every directory from ``/`` down is owned by a trusted owner and not
   writable by group or others, unless it is root's and sticky (``/tmp``),
   where others cannot rename or delete entries they do not own.
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 
 from uidprobe.errors import WriteError
 
@@ -47,13 +56,15 @@ if TYPE_CHECKING:
     from typing import Literal
 
     Missing = Literal["refuse", "create", "stop"]
-    Uids = tuple[int, int, int]
+    Ids = tuple[int, int, int]
 
 __all__ = [
     "MAX_SYMLINKS",
+    "Reader",
     "WriteError",
+    "cap_names",
     "check_writable",
-    "current_uids",
+    "current_reader",
     "read_trusted",
     "write_atomic",
 ]
@@ -77,50 +88,129 @@ class _WalkError(Exception):
         self.detail = detail
 
 
-def current_uids() -> Uids:
-    """This process's (real, effective, saved) uids.
+class Reader:
+    """The credentials whose trust a walk applies (a plain class: see store.py).
 
-    Where the saved uid cannot be read (no getresuid), -1 stands for it: the
-    three are then never all equal, so only root's files are trusted.
+    ``uids`` and ``gids`` are (real, effective, saved); ``caps`` is the union
+    of the effective, permitted and ambient capability sets, or None when
+    it could not be read.
+    """
+
+    __slots__ = ("caps", "gids", "uids")
+
+    def __init__(self, uids: Ids, gids: Ids, caps: int | None) -> None:
+        self.uids = uids
+        self.gids = gids
+        self.caps = caps
+
+
+def current_reader() -> Reader:
+    """This thread's credentials.
+
+    Where a saved id cannot be read (no getresuid), -1 stands for it: the
+    three are then never all equal, so only root's files are trusted.  The
+    capability sets are read (from /proc) only where they can matter: for a
+    process whose uids and gids are each one id other than root.
     """
     if hasattr(os, "getresuid"):
-        return os.getresuid()
-    return os.getuid(), os.geteuid(), -1  # pragma: no cover (Linux has getresuid)
+        uids, gids = os.getresuid(), os.getresgid()
+    else:  # pragma: no cover (Linux has getresuid)
+        uids, gids = (os.getuid(), os.geteuid(), -1), (os.getgid(), os.getegid(), -1)
+    caps = None
+    if uids[0] == uids[1] == uids[2] != 0 and gids[0] == gids[1] == gids[2]:
+        caps = _held_caps()
+    return Reader(uids, gids, caps)
 
 
-def _trusted(uids: Uids) -> tuple[int, ...]:
-    r, e, s = uids
-    return (0, r) if r == e == s and r > 0 else (0,)
+def _held_caps() -> int | None:
+    """The effective, permitted and ambient sets together; None if unknown.
+    Off Linux there are no such sets: 0."""
+    if not sys.platform.startswith("linux"):
+        return 0  # pragma: no cover
+    for path in ("/proc/thread-self/status", "/proc/self/status"):  # this thread's: credentials are per thread
+        try:
+            with open(path, "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        held, seen = 0, 0
+        for line in text.splitlines():
+            name, _, value = line.partition(b":")
+            if name in (b"CapEff", b"CapPrm", b"CapAmb"):
+                held |= int(value, 16)
+                seen += 1
+        return held if seen >= 2 else None  # CapAmb is missing before Linux 4.3
+    return None
 
 
-def _not_trusted(what: str, owner: int, uids: Uids) -> str:
-    r, e, s = uids
-    if r == e == s:
-        whom = "root" if r == 0 else f"root or uid {r}"
+#: Linux's capability names, by number (linux/capability.h).
+_CAP_NAMES = (
+    "CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SETPCAP LINUX_IMMUTABLE "
+    "NET_BIND_SERVICE NET_BROADCAST NET_ADMIN NET_RAW IPC_LOCK IPC_OWNER SYS_MODULE SYS_RAWIO SYS_CHROOT "
+    "SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_RESOURCE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE "
+    "AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ "
+    "PERFMON BPF CHECKPOINT_RESTORE"
+)
+
+
+def cap_names(caps: int, most: int = 4) -> str:
+    """``CAP_SETGID, CAP_SETUID`` for a set (the first ``most``, then a count)."""
+    known = _CAP_NAMES.split()
+    names = [f"CAP_{known[i]}" if i < len(known) else f"capability {i}" for i in range(64) if caps >> i & 1]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+class _Rule:
+    """The owners a reader trusts, and how a refusal names them."""
+
+    __slots__ = ("owners", "whom")
+
+    def __init__(self, owners: tuple[int, ...], whom: str) -> None:
+        self.owners = owners
+        self.whom = whom
+
+    def refuse(self, what: str, owner: int) -> str:
+        return f"{what} is owned by uid {owner}, not {self.whom}"
+
+
+def _rule(reader: Reader) -> _Rule:
+    """The rule of the module's documentation, for ``reader``."""
+    r, e, s = reader.uids
+    if not r == e == s:
+        why = f"real, effective and saved uids {r}, {e}, {s} differ"
+    elif r == 0:
+        return _Rule((0,), "root")
+    elif not reader.gids[0] == reader.gids[1] == reader.gids[2]:
+        why = f"this process's gids differ {tuple(reader.gids)}"
+    elif reader.caps is None:
+        why = "this process's capability sets cannot be read"
+    elif reader.caps:
+        why = f"this process holds {cap_names(reader.caps)}"
     else:
-        whom = f"root (real, effective and saved uids {r}, {e}, {s} differ: only root's files are trusted)"
-    return f"{what} is owned by uid {owner}, not {whom}"
+        return _Rule((0, r), f"root or uid {r}")
+    return _Rule((0,), f"root ({why}: only root's files are trusted)")
 
 
 def _join(parent: str, name: str) -> str:
     return parent + name if parent.endswith("/") else f"{parent}/{name}"
 
 
-def _check_dir(st: os.stat_result, path: str, uids: Uids) -> None:
-    if st.st_uid not in _trusted(uids):
-        raise _WalkError("unsafe", _not_trusted(f"directory {path}", st.st_uid, uids))
+def _check_dir(st: os.stat_result, path: str, rule: _Rule) -> None:
+    if st.st_uid not in rule.owners:
+        raise _WalkError("unsafe", rule.refuse(f"directory {path}", st.st_uid))
     mode = stat.S_IMODE(st.st_mode)
     if mode & _UNSAFE_DIR_MODE and not (mode & stat.S_ISVTX and st.st_uid == 0):
         who = "others" if mode & stat.S_IWOTH else "group"
         raise _WalkError("unsafe", f"directory {path} is writable by {who} (mode {mode:04o})")
 
 
-def _file_problem(st: os.stat_result, path: str, uids: Uids) -> str | None:
+def _file_problem(st: os.stat_result, path: str, rule: _Rule) -> str | None:
     """Why a file with this fstat must not be trusted ("kind: detail"), or None."""
     if not stat.S_ISREG(st.st_mode):
         return f"invalid: {path} is not a regular file"
-    if st.st_uid not in _trusted(uids):
-        return "unsafe: " + _not_trusted(path, st.st_uid, uids)
+    if st.st_uid not in rule.owners:
+        return "unsafe: " + rule.refuse(path, st.st_uid)
     mode = stat.S_IMODE(st.st_mode)
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         who = "others" if mode & stat.S_IWOTH else "group"
@@ -128,8 +218,8 @@ def _file_problem(st: os.stat_result, path: str, uids: Uids) -> str | None:
     return None
 
 
-def _size_or_file_problem(st: os.stat_result, path: str, uids: Uids, max_bytes: int) -> str | None:
-    problem = _file_problem(st, path, uids)
+def _size_or_file_problem(st: os.stat_result, path: str, rule: _Rule, max_bytes: int) -> str | None:
+    problem = _file_problem(st, path, rule)
     if problem:
         return problem
     if st.st_size == 0:  # also every /proc and tracefs pseudo-file: never read one
@@ -193,11 +283,11 @@ def _make_dir(name: str, dfd: int, here: str, missing: Missing) -> tuple[int | N
     return _look(name, dfd)
 
 
-def _link_target(name: str, dfd: int, fd: int | None, st: os.stat_result, here: str, uids: Uids) -> str:
+def _link_target(name: str, dfd: int, fd: int | None, st: os.stat_result, here: str, rule: _Rule) -> str:
     """The target of a symlink that may be followed (closes ``fd``)."""
     try:
-        if st.st_uid not in _trusted(uids):
-            raise _WalkError("unsafe", _not_trusted(f"symbolic link {here}", st.st_uid, uids))
+        if st.st_uid not in rule.owners:
+            raise _WalkError("unsafe", rule.refuse(f"symbolic link {here}", st.st_uid))
         return _readlink(name, dfd, fd)
     finally:
         if fd is not None:
@@ -215,7 +305,7 @@ def _components(path: str) -> list[str]:
 
 
 def _walk(
-    path: str, uids: Uids, *, missing: Missing, follow_final: bool
+    path: str, rule: _Rule, *, missing: Missing, follow_final: bool
 ) -> tuple[list[tuple[int, str]], str | None, int | None, os.stat_result | None]:
     """Walk ``path`` from ``/`` by descriptor, checking every directory.
 
@@ -230,7 +320,7 @@ def _walk(
     root = os.open("/", (_O_PATH or os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
     chain = [(root, "/")]
     try:
-        _check_dir(os.fstat(root), "/", uids)
+        _check_dir(os.fstat(root), "/", rule)
         hops = 0
         while todo:
             name = todo.pop()
@@ -254,7 +344,7 @@ def _walk(
                 hops += 1
                 if hops > MAX_SYMLINKS:
                     raise _WalkError("unsafe", f"{path}: more than {MAX_SYMLINKS} symbolic links")
-                target = _link_target(name, dfd, fd, st, here, uids)
+                target = _link_target(name, dfd, fd, st, here, rule)
                 if target.startswith("/"):
                     while len(chain) > 1:
                         os.close(chain.pop()[0])
@@ -267,7 +357,7 @@ def _walk(
                     os.close(fd)
                 raise _WalkError("invalid", f"{here} is not a directory")
             chain.append((fd, here))
-            _check_dir(st, here, uids)
+            _check_dir(st, here, rule)
         # A symlink whose target ends in "..": the path names a directory.
         raise _WalkError("invalid", f"{path} names a directory, not a regular file")
     except BaseException:
@@ -278,18 +368,18 @@ def _walk(
 # ------------------------------------------------------------------ reading
 
 
-def read_trusted(path: str, *, max_bytes: int, uids: Uids | None = None) -> tuple[bytes | None, str]:
+def read_trusted(path: str, *, max_bytes: int, reader: Reader | None = None) -> tuple[bytes | None, str]:
     """The bytes of ``path`` if the safe-file rule trusts it, else (None, why).
 
     ``why`` starts with ``absent``, ``unsafe:``, ``invalid:`` or
     ``unreadable:``; it is "valid" with the bytes.  A file is absent only if
-    every directory that exists on its way is safe.  ``uids`` (real,
-    effective, saved) defaults to this process's.  Raises nothing but what
+    every directory that exists on its way is safe.  ``reader`` (whose
+    trust to apply) defaults to this thread's credentials.  Raises nothing but what
     the interpreter itself may raise (MemoryError, KeyboardInterrupt).
     """
-    uids = current_uids() if uids is None else uids
+    rule = _rule(current_reader() if reader is None else reader)
     try:
-        chain, name, fd, st = _walk(path, uids, missing="refuse", follow_final=True)
+        chain, name, fd, st = _walk(path, rule, missing="refuse", follow_final=True)
     except _WalkError as r:
         return None, f"{r.kind}: {r.detail}"
     except OSError as e:  # "/" itself, or the working directory
@@ -301,7 +391,7 @@ def read_trusted(path: str, *, max_bytes: int, uids: Uids | None = None) -> tupl
         if name is None or st is None:
             return None, f"absent: no file at {path}"
         here = _join(dpath, name)
-        problem = _size_or_file_problem(st, here, uids, max_bytes)
+        problem = _size_or_file_problem(st, here, rule, max_bytes)
         if problem:
             return None, problem  # a FIFO, device, socket or directory is never opened for reading
         try:
@@ -313,7 +403,7 @@ def read_trusted(path: str, *, max_bytes: int, uids: Uids | None = None) -> tupl
             # the look above (only a trusted owner can do that in a checked
             # directory, e.g. a concurrent 'configure'), the new file is
             # judged here in full.
-            problem = _size_or_file_problem(os.fstat(rfd), here, uids, max_bytes)
+            problem = _size_or_file_problem(os.fstat(rfd), here, rule, max_bytes)
             if problem:
                 return None, problem
             chunks: list[bytes] = []
@@ -339,12 +429,12 @@ def read_trusted(path: str, *, max_bytes: int, uids: Uids | None = None) -> tupl
 
 
 def _writable_chain(
-    path: str, uids: Uids | None, *, missing: Missing
+    path: str, reader: Reader | None, *, missing: Missing
 ) -> tuple[list[tuple[int, str]], str | None, int | None]:
     """The checked chain, the final name, and the final fd (refused if not a regular file)."""
-    uids = current_uids() if uids is None else uids
+    rule = _rule(current_reader() if reader is None else reader)
     try:
-        chain, name, fd, st = _walk(path, uids, missing=missing, follow_final=False)
+        chain, name, fd, st = _walk(path, rule, missing=missing, follow_final=False)
     except _WalkError as r:
         raise WriteError(r.detail) from None
     except OSError as e:
@@ -364,20 +454,20 @@ def _chain_path(chain: list[tuple[int, str]]) -> str:
     return chain[-1][1] if chain else "/"
 
 
-def check_writable(path: str, *, make_dirs: bool = False, uids: Uids | None = None) -> None:
+def check_writable(path: str, *, make_dirs: bool = False, reader: Reader | None = None) -> None:
     """Raise WriteError if ``write_atomic(path)`` would be refused now.
 
     Creates nothing.  Lets a command refuse an unsafe destination before its
     expensive work; ``write_atomic`` decides again when it writes.
     """
-    chain, _, fd = _writable_chain(path, uids, missing="stop" if make_dirs else "refuse")
+    chain, _, fd = _writable_chain(path, reader, missing="stop" if make_dirs else "refuse")
     if fd is not None:
         os.close(fd)
     _close_all(chain)
 
 
 def write_atomic(
-    path: str, data: bytes, mode: int = 0o644, *, make_dirs: bool = False, uids: Uids | None = None
+    path: str, data: bytes, mode: int = 0o644, *, make_dirs: bool = False, reader: Reader | None = None
 ) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file.
 
@@ -393,7 +483,7 @@ def write_atomic(
     Raises WriteError (one line) for an unsafe chain and for any failure on
     the way; the temporary file is then removed.
     """
-    chain, name, fd = _writable_chain(path, uids, missing="create" if make_dirs else "refuse")
+    chain, name, fd = _writable_chain(path, reader, missing="create" if make_dirs else "refuse")
     try:
         if fd is not None:
             os.close(fd)
