@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from uidprobe.ids import Family, IdSet, validate_ids
-from uidprobe.process import IdMap, ProcessState, choose_ids, read_state
+from uidprobe.ids import PREFERRED_IDS, Family, IdSet, validate_ids
+from uidprobe.process import IdMap, IdsInUse, ProcessState, choose_ids, read_state
 
 FULL = IdMap("/proc/self/uid_map", ((0, 0, 4294967295),))
 
@@ -16,27 +16,38 @@ def state(euid: int, setuid: bool, setgid: bool) -> ProcessState:
     return ProcessState(euid, setuid, setgid, True, FULL, FULL, True)
 
 
-def test_full_map_gives_the_default_ids() -> None:
-    assert choose_ids(FULL, "uid") == IdSet(1, 2, 3)
+def test_full_map_gives_the_preferred_ids() -> None:
+    assert choose_ids(FULL, "uid") == IdSet(65520, 65521, 65522)
 
 
-def test_partial_map_picks_mapped_ids() -> None:
-    m = IdMap("/proc/self/uid_map", ((0, 0, 1), (1000, 1000, 3)))
-    assert choose_ids(m, "uid") == IdSet(1000, 1001, 1002)
+def in_use(uids: set[int], named: set[int] = set()) -> IdsInUse:  # noqa: B006 - never changed
+    return IdsInUse(uids=frozenset(uids), named=lambda family, i: i in named)
 
 
-def test_too_few_mapped_ids_is_a_reason_naming_the_map() -> None:
-    m = IdMap("/proc/self/uid_map", ((0, 0, 1), (1000, 1000, 1)))
-    why = choose_ids(m, "uid")
-    assert why == (
-        "only 1 non-root uid(s) mapped in /proc/self/uid_map (0 0 1; 1000 1000 1); "
+def test_ids_held_or_named_are_skipped_in_a_fixed_order() -> None:
+    assert choose_ids(FULL, "uid", in_use=in_use({65520}, {65522})) == IdSet(65521, 65523, 65524)
+    # every preferred id taken: the mapped ids from 1 up
+    assert choose_ids(FULL, "uid", in_use=in_use(set(PREFERRED_IDS), {1, 2, 3})) == IdSet(4, 5, 6)
+
+
+def test_named_ids_fill_in_only_where_too_few_are_free() -> None:
+    m = IdMap("/proc/self/uid_map", ((0, 0, 1), (1000, 1000, 4)))
+    assert choose_ids(m, "uid", in_use=in_use(set(), {1000, 1002})) == IdSet(1000, 1001, 1003)
+    assert choose_ids(m, "uid", in_use=in_use({1001}, {1000, 1002})) == IdSet(1000, 1002, 1003)
+
+
+def test_held_ids_are_never_chosen_however_few_are_left() -> None:
+    m = IdMap("/proc/self/gid_map", ((0, 0, 10),))
+    assert choose_ids(m, "gid", in_use=IdsInUse(gids=frozenset(range(3, 10)))) == (
+        "only 2 of the 9 gids tried in /proc/self/gid_map (0 0 10) are held by no running process; "
         "the probes need three to switch between"
     )
 
 
-def test_overflow_id_is_never_chosen() -> None:
-    m = IdMap("/proc/self/uid_map", ((65534, 65534, 4),))
-    assert choose_ids(m, "uid", overflow=frozenset({65534})) == IdSet(65535, 65536, 65537)
+def test_overflow_ids_are_held() -> None:
+    ids = IdsInUse.read()
+    assert int(Path("/proc/sys/kernel/overflowuid").read_text()) in ids.uids
+    assert int(Path("/proc/sys/kernel/overflowgid").read_text()) in ids.gids
 
 
 def test_requested_unmapped_id_is_a_reason() -> None:
