@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import requires_root, requires_tools
 from uidprobe.ids import PREFERRED_IDS, Family, IdSet, validate_ids
 from uidprobe.process import IdMap, IdsInUse, ProcessState, choose_ids, read_state
 
@@ -119,3 +122,52 @@ def test_a_namespaces_written_maps_are_read_once(tmp_path: Path) -> None:
     _fake_proc(tmp_path, "0 1 1\n", "0 1 1\n", "deny")
     again = read_state(proc)
     assert (again.uid_map, again.gid_map, again.setgroups_allowed) == (first.uid_map, first.gid_map, True)
+
+
+HOLD = """
+import os, sys, time
+os.setresgid(65521, 65522, 65523)
+os.setresuid(65521, 65522, 65523)
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+@requires_root
+def test_ids_a_running_process_holds_are_not_chosen() -> None:
+    # real, effective and saved ids alike: a saved id can become effective
+    with subprocess.Popen([sys.executable, "-c", HOLD], stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+            in_use = IdsInUse.read()
+        finally:
+            holder.kill()
+    assert {65521, 65522, 65523} <= in_use.uids and {65521, 65522, 65523} <= in_use.gids
+    assert choose_ids(FULL, "uid", in_use=in_use)[1:] == choose_ids(FULL, "gid", in_use=in_use)[1:] == (65524, 65525)
+
+
+CHOOSE = """
+from uidprobe.process import IdsInUse, choose_ids, read_state
+state, in_use = read_state(), IdsInUse.read()
+print(choose_ids(state.uid_map, "uid", in_use=in_use), choose_ids(state.gid_map, "gid", in_use=in_use))
+"""
+
+
+@requires_root
+@requires_tools
+def test_ids_a_passwd_or_group_entry_names_are_not_chosen(tmp_path: Path) -> None:
+    # The entries are added in a private mount namespace only: nothing else sees them.
+    passwd, group = tmp_path / "passwd", tmp_path / "group"
+    passwd.write_text(Path("/etc/passwd").read_text() + "probe-a:x:65520:65520::/:/usr/sbin/nologin\n")
+    group.write_text(Path("/etc/group").read_text() + "probe-b:x:65521:\n")
+    script = 'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && exec "$3" -c "$4"'
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", script, "sh", str(passwd), str(group), sys.executable, CHOOSE],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    uids, gids = proc.stdout.strip().split(") ")
+    assert "65520" not in uids and "65521" in uids
+    assert "65521" not in gids and "65520" in gids
