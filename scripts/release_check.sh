@@ -14,17 +14,18 @@
 #   4. For the lowest and the highest CPython 3.9-3.13 found under pyenv (else
 #      python3): a fresh venv outside the tree, the repaired wheel installed,
 #      `uidprobe --version`, `uidprobe list`, the engine and runner found in
-#      the venv; then a downstream project whose pyproject.toml says
-#      requires = ["setuptools", "uidprobe"] is built with build isolation
-#      from a local wheelhouse only (PIP_NO_INDEX: the uidprobe it gets is ours),
-#      and its extension must import and must have been compiled with exactly
-#      the macros uidprobe.define_macros() gives.
+#      the venv; then scripts/downstream_check.sh builds examples/downstream
+#      as docs/build.md shows it, with build isolation from a local wheelhouse
+#      only (PIP_NO_INDEX: the uidprobe it gets is ours), and its extension
+#      must import and must have been compiled with exactly the macros
+#      uidprobe.define_macros() gives.
 #
 # Run from the repository root (or anywhere: it finds the root itself); needs
 # a C compiler and access to a package index for build's isolated
 # environments.  PYTHON picks the interpreter that runs build/twine/auditwheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 started=$SECONDS
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/uidprobe-release.XXXXXX")
@@ -74,7 +75,8 @@ esac
 
 say "contents: LICENSE, csrc/, the engine and the runner"
 tar -tzf "$sdist" >"$tmp/sdist-files"
-for f in LICENSE csrc/api.h csrc/spawn.c csrc/wire.c csrc/steps.c csrc/engine.h csrc/runner.c src/build_engine.py setup.py scripts/release_check.sh; do
+for f in LICENSE csrc/api.h csrc/spawn.c csrc/wire.c csrc/steps.c csrc/engine.h csrc/runner.c src/build_engine.py setup.py scripts/release_check.sh \
+    scripts/downstream_check.sh docs/uidprobe.1 examples/downstream/setup.py; do
     grep -qx "uidprobe-$version/$f" "$tmp/sdist-files" || fail "sdist lacks $f"
 done
 wheel_files "$wheel" >"$tmp/wheel-files"
@@ -105,45 +107,6 @@ wheel_files "$repaired" >"$tmp/repaired-files"
 diff -u "$tmp/wheel-files" "$tmp/repaired-files" || fail "auditwheel repair changed the files (grafted a library?)"
 echo "repaired: $(basename "$repaired")"
 
-# The downstream project: a C extension that reports which uidprobe macros it
-# was compiled with, and refuses to compile without setup.py's own marker.
-downstream_project() {
-    local dir=$1 python=$2
-    mkdir -p "$dir"
-    cat >"$dir/pyproject.toml" <<'EOF'
-[build-system]
-requires = ["setuptools", "uidprobe"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "uidprobe-user"
-version = "1.0"
-EOF
-    cat >"$dir/setup.py" <<'EOF'
-import uidprobe
-from setuptools import Extension, setup
-
-macros = [*uidprobe.define_macros(), ("UIDPROBE_USER_MARK", "1")]
-setup(ext_modules=[Extension("uidprobe_user", ["uidprobe_user.c"], define_macros=macros)])
-EOF
-    {
-        printf '#include <Python.h>\n\n'
-        printf '#ifndef UIDPROBE_USER_MARK\n#error "setup.py'"'"'s define_macros did not reach the compiler"\n#endif\n\n'
-        printf 'static PyObject *macros(PyObject *self, PyObject *unused) {\n    return PyUnicode_FromString(""\n'
-        "$python" -c 'from uidprobe.names import OBSERVED
-for n in OBSERVED: print(f"#ifdef {n}\n        \" {n}\"\n#endif")'
-        printf '    );\n}\n\n'
-        cat <<'EOF'
-static PyMethodDef methods[] = {
-    {"macros", macros, METH_NOARGS, "the uidprobe macros this module was compiled with"},
-    {NULL, NULL, 0, NULL},
-};
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "uidprobe_user", NULL, -1, methods};
-PyMODINIT_FUNC PyInit_uidprobe_user(void) { return PyModule_Create(&module); }
-EOF
-    } >"$dir/uidprobe_user.c"
-}
-
 # The interpreters: lowest and highest CPython 3.9-3.13 under pyenv.
 versions="${PYENV_ROOT:-$HOME/.pyenv}/versions"
 found=()
@@ -162,17 +125,6 @@ elif [ ${#found[@]} = 1 ]; then
 else
     pythons=("${found[0]}" "${found[${#found[@]} - 1]}")
 fi
-
-cat >"$tmp/check_downstream.py" <<'EOF'
-import uidprobe
-import uidprobe_user
-from uidprobe import config
-
-want = sorted(name for name, _ in uidprobe.define_macros())
-got = sorted(uidprobe_user.macros().split())
-assert got == want, f"compiled with {got}, define_macros() gives {want}"
-print(f"{len(want)} macro(s) from {config.SOURCE}")
-EOF
 
 cd "$tmp" # from here on the source tree must not be importable
 used=()
@@ -196,16 +148,10 @@ assert where.endswith(os.sep + "_engine.abi3.so"), where
 assert default_engine().runner is not None, "the runner is missing or not executable"
 EOF
 
-    say "Python $pyver: a downstream build (build isolation, local wheelhouse only)"
-    house="$tmp/wheelhouse-$pyver"
-    quietly "$venv/bin/pip" download --dest "$house" setuptools "$repaired"
-    project="$tmp/downstream-$pyver"
-    downstream_project "$project" "$venv/bin/python"
-    PIP_NO_INDEX=1 PIP_FIND_LINKS="$house" quietly "$venv/bin/pip" wheel --no-deps --wheel-dir "$project/dist" "$project"
-    quietly "$venv/bin/pip" install --no-index --no-deps "$project"/dist/uidprobe_user-*.whl
-    summary=$("$venv/bin/python" "$tmp/check_downstream.py") ||
-        fail "the downstream extension does not match uidprobe.define_macros()"
-    echo "downstream: $summary"
+    say "Python $pyver: the downstream example, built as docs/build.md shows it"
+    summary=$("$root/scripts/downstream_check.sh" "$repaired" "$venv" | tail -n 1) ||
+        fail "the downstream example did not build against the wheel as documented"
+    echo "$summary"
     used+=("$pyver")
 done
 
