@@ -5,7 +5,9 @@ read back after it is what the scenario requires.  It is False when the
 platform itself misbehaved: a checked call did the wrong thing while the
 start state was established.  It is None (undetermined) when this process
 could not test: no privilege, unmapped ids, a refused start state, a child
-that crashed or hung.  "Broken" and "could not test" are never confused.
+that crashed or hung, or one disturbed from outside (``Result.disturbed``:
+another process stopped or killed it).  "Broken" and "could not test" are
+never confused, nor "could not test" and "was disturbed".
 """
 
 from __future__ import annotations
