@@ -21,6 +21,11 @@
    that scope with none: the C library broadcasts a process-wide change to
    every thread, the per-thread raw calls do not.  Target: thread scope at
    256 threads within 1.5x of thread scope at 0.
+7. The same switch setting 1, 64 and 1,024 supplementary groups, against
+   itself with 1 group, and against the bare calls it makes (setgroups,
+   setresgid, setresuid, and back).  And ``as_user("nobody")``, which looks
+   the account up (password and group databases) on every call, against
+   ``as_user(65534, 65534, [65534])``.  No target: the cost by group count.
 
 Timings are medians over interleaved repetitions; the machine is shared and
 noisy, which is why the targets are checked here and never in the tests.
@@ -160,10 +165,11 @@ def _values() -> dict[str, int | str | None]:
     return {name: r.value for name, r in suite.run().items()}
 
 
-def _switch_seconds(sw, n: int) -> float:  # type: ignore[no-untyped-def]
+def _switch_seconds(sw, n: int, *target) -> float:  # type: ignore[no-untyped-def]
+    target = target or (1000, 1000)
     t = time.perf_counter()
     for _ in range(n):
-        with sw.as_user(1000, 1000):
+        with sw.as_user(*target):
             pass
     return (time.perf_counter() - t) / n
 
@@ -217,11 +223,49 @@ def bench_threads(reps: int) -> None:
         row(f"6. thread scope,  {count:3} idle threads vs 0", t, base["thread"], 1e6, "us", target)
 
 
+def _bare_groups_seconds(n: int, groups: list[int]) -> float:
+    start = os.getgroups()
+    t = time.perf_counter()
+    for _ in range(n):
+        os.setgroups(groups)
+        os.setresgid(-1, 1000, -1)
+        os.setresuid(-1, 1000, -1)
+        os.setresuid(-1, 0, -1)
+        os.setresgid(-1, 0, -1)
+        os.setgroups(start)
+    return (time.perf_counter() - t) / n
+
+
+def bench_groups(reps: int) -> None:
+    from uidprobe.privileges import Switcher
+
+    sw = Switcher(_values())
+    n = 500
+    one: float | None = None
+    for count in (1, 64, 1024):
+        groups = list(range(20000, 20000 + count))
+        _switch_seconds(sw, n, 1000, 1000, groups)  # warm
+        s, b = median_interleaved(
+            lambda g=groups: _switch_seconds(sw, n, 1000, 1000, g), lambda g=groups: _bare_groups_seconds(n, g), reps
+        )
+        one = one or s
+        what = f"{count:4} group{'s' if count > 1 else ' '}"
+        row(f"7. as_user, {what} vs 1 group", s, one, 1e6, "us", "")
+        row(f"7. as_user, {what} vs bare calls", s, b, 1e6, "us", "")
+    _switch_seconds(sw, n, "nobody")  # warm
+    named, numbers = median_interleaved(
+        lambda: _switch_seconds(sw, n, "nobody"), lambda: _switch_seconds(sw, n, 65534, 65534, [65534]), reps
+    )
+    row('7. as_user("nobody") vs its numbers', named, numbers, 1e6, "us", "")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and no 4 GB caller")
     parser.add_argument(
-        "--only", choices=["suite", "import", "callers", "model", "switch", "threads"], help="run one benchmark"
+        "--only",
+        choices=["suite", "import", "callers", "model", "switch", "threads", "groups"],
+        help="run one benchmark",
     )
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -243,6 +287,7 @@ def main() -> int:
             "model": lambda: bench_model(floor, max(3, reps // 4)),
             "switch": lambda: bench_switch(reps),
             "threads": lambda: bench_threads(max(3, reps // 3)),
+            "groups": lambda: bench_groups(reps),
         }
         for name, bench in benches.items():
             if args.only in (None, name):

@@ -46,7 +46,11 @@
 // setgroups step whose list is in the caller's pool: args[0] offset, args[1] count.
 #define UP_GROUPS_FROM_POOL (-1)
 // The most supplementary groups an in-process switch reads back and sets.
-#define UP_SWITCH_MAX_GROUPS 256
+// Linux allows 65,536 (NGROUPS_MAX), but every up_creds holds this many and
+// a switch result three of them: 4,096 (32 kB each) covers the largest
+// directory-service accounts without making every switch carry 512 kB.
+// More is refused before switching, naming both numbers (accounts.py).
+#define UP_SWITCH_MAX_GROUPS 4096
 // up_read_creds() flags.
 #define UP_READ_CAPS 1
 

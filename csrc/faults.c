@@ -18,6 +18,8 @@
  *   setresuid-ignored     setresuid returns success and changes nothing (a
  *                         call that lies: the probes must not build on it)
  *   setgroups-ignored     setgroups returns success and changes nothing
+ *   setgroups-drops-last  setgroups sets every group but the last of a list of
+ *                         more than one (a C library that truncates long lists)
  *   fsuid-stays-root      after every uid change the filesystem uid is put back
  *                         to 0 where the kernel allows it
  *   lying-success         a set*id call that fails returns 0 instead
@@ -53,7 +55,8 @@ enum fault {
     CRASH = 1 << 9,
     HANG = 1 << 10,
     SETRESUID_IGNORED = 1 << 11,
-    HANG_AS_USER = 1 << 12,
+    SETGROUPS_DROPS_LAST = 1 << 12,
+    HANG_AS_USER = 1 << 13,
 };
 
 static unsigned profile;
@@ -83,6 +86,7 @@ __attribute__((constructor)) static void load(void)
         {"crash", CRASH},
         {"hang", HANG},
         {"setresuid-ignored", SETRESUID_IGNORED},
+        {"setgroups-drops-last", SETGROUPS_DROPS_LAST},
         {"hang-as-user", HANG_AS_USER},
     };
     const char *want = getenv("UIDPROBE_FAULT");
@@ -207,5 +211,7 @@ int setgroups(size_t n, const gid_t *list)
         return -1;
     if (profile & SETGROUPS_IGNORED)
         return 0;
+    if (profile & SETGROUPS_DROPS_LAST && n > 1)
+        n--;
     return after(real_setgroups(n, list));
 }

@@ -9,6 +9,12 @@ delivery program, running as root, becomes bill to append to bill's archive,
 becomes root again, then becomes alice.  On NFS root is mapped to nobody and
 could not write these files itself: becoming the owner is the only way.
 
+Becoming the owner means becoming the owner's account, groups included, as
+sendmail does (initgroups before delivery): an archive kept in a list
+directory that only the list's group may enter is reached through the
+owner's supplementary groups.  An owner with no account (a bare uid) gets
+the file's group and no supplementary groups.
+
 Usage (as root):
 
     archive_delivery.py ARCHIVE [ARCHIVE ...] < message
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pwd
 import stat
 import sys
 
@@ -66,9 +73,22 @@ def append(path: str, st: os.stat_result, message: bytes) -> None:
         os.close(fd)
 
 
-def append_as_owner(switcher: Switcher, path: str, st: os.stat_result, message: bytes) -> None:
-    with switcher.as_user(st.st_uid, st.st_gid):
+def owner_name(st: os.stat_result) -> str | None:
+    """The account that owns the archive, if the owner has one."""
+    try:
+        return pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        return None
+
+
+def append_as_owner(switcher: Switcher, path: str, st: os.stat_result, message: bytes) -> str:
+    """Append as the archive's owner; says whom it became."""
+    name = owner_name(st)
+    # By name: the account's uid, gid and groups (looked up now, as root).
+    with switcher.as_user(name) if name else switcher.as_user(st.st_uid, st.st_gid) as became:
         append(path, st, message)
+    groups = ",".join(map(str, became.groups)) or "none"
+    return f"{name} (uid {st.st_uid}, groups {groups})" if name else f"uid {st.st_uid}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     mech = switcher.mechanism
     for path, st in targets:
         try:
-            append_as_owner(switcher, path, st, message)
+            who = append_as_owner(switcher, path, st, message)
         except (OSError, PrivilegeError) as e:
             print(f"archive_delivery: {path}: {e}", file=sys.stderr)
             return 2
-        print(f"delivered to {path} as uid {st.st_uid} via {mech.uid}/{mech.gid}")
+        print(f"delivered to {path} as {who} via {mech.uid}/{mech.gid}")
     return 0
 
 

@@ -7,14 +7,18 @@ holds only fixtures, which pytest injects.
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
+import pwd
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +185,66 @@ def archives_owned_by(
         yield paths
     finally:
         shutil.rmtree(base)
+
+
+requires_useradd = pytest.mark.skipif(
+    not PRIVILEGED or shutil.which("useradd") is None or shutil.which("groupadd") is None,
+    reason="needs root and shadow's useradd/groupadd to make a real account",
+)
+
+
+@dataclass(frozen=True)
+class Account:
+    """A real account in the password and group databases."""
+
+    name: str
+    uid: int
+    gid: int  # its primary group (its own, made by useradd)
+    group_names: tuple[str, ...]  # its supplementary groups, made by groupadd
+    groups: tuple[int, ...]
+
+
+def _quiet(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def temporary_account(extra_groups: int = 2) -> Iterator[Account]:
+    """A user made with useradd, with its own primary group and
+    ``extra_groups`` supplementary groups made with groupadd, all under
+    fresh names; all removed afterwards, whatever happened (other helpers'
+    tests may add accounts at the same time: the names never collide)."""
+    stem = f"uidpt{secrets.token_hex(4)}"
+    group_names = tuple(f"{stem}g{i}" for i in range(extra_groups))
+    made: list[str] = []
+    user_made = False
+    try:
+        for g in group_names:
+            _quiet("groupadd", g)
+            made.append(g)
+        _quiet(
+            "useradd",
+            "--no-create-home",
+            "--user-group",
+            "--shell",
+            "/usr/sbin/nologin",
+            *(["--groups", ",".join(group_names)] if group_names else []),
+            stem,
+        )
+        user_made = True
+        pw = pwd.getpwnam(stem)
+        yield Account(
+            name=stem,
+            uid=pw.pw_uid,
+            gid=pw.pw_gid,
+            group_names=group_names,
+            groups=tuple(grp.getgrnam(g).gr_gid for g in group_names),
+        )
+    finally:
+        if user_made:
+            subprocess.run(["userdel", stem], capture_output=True, check=False, timeout=60)
+        with contextlib.suppress(KeyError):
+            grp.getgrnam(stem)  # the user's own group, if userdel left it
+            subprocess.run(["groupdel", stem], capture_output=True, check=False, timeout=60)
+        for g in made:
+            subprocess.run(["groupdel", g], capture_output=True, check=False, timeout=60)

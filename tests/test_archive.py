@@ -9,14 +9,16 @@ file's owner.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, archives_owned_by, requires_root, requires_tools
+from helpers import ROOT, archives_owned_by, requires_root, requires_tools, requires_useradd, temporary_account
 
 EXAMPLE = ROOT / "examples" / "archive_delivery.py"
 NO_DAC = ["setpriv", "--inh-caps=-dac_override,-fowner", "--bounding-set=-dac_override,-fowner"]
@@ -106,3 +108,31 @@ def test_an_archive_without_the_set_user_id_bit_is_refused_before_any_write(arch
     proc = deliver(archives, b"m\n")
     assert proc.returncode == 1 and b"no set-user-ID bit" in proc.stderr
     assert snapshot(archives) == before
+
+
+@requires_useradd
+def test_an_owner_with_an_account_is_delivered_to_with_its_groups() -> None:
+    # The archive sits in a list directory only the list's group may enter
+    # (0750 root:list), and its owner is in that group: delivering as the
+    # owner's uid and gid alone would be refused at the directory.
+    with temporary_account(extra_groups=1) as owner:
+        base = Path(tempfile.mkdtemp(prefix="uidprobe-list-", dir="/tmp"))
+        try:
+            base.chmod(0o755)
+            lists = base / "list"
+            lists.mkdir()
+            os.chown(lists, 0, owner.groups[0])
+            lists.chmod(0o750)
+            archive = lists / "archive"
+            archive.write_bytes(b"")
+            os.chown(archive, owner.uid, owner.gid)
+            archive.chmod(0o4600)
+            proc = deliver([archive], b"to the list\n")
+            assert proc.returncode == 0, proc.stderr
+            assert archive.read_bytes() == b"to the list\n"
+            groups = ",".join(map(str, sorted({owner.gid, *owner.groups})))
+            assert proc.stdout.decode().splitlines() == [
+                f"delivered to {archive} as {owner.name} (uid {owner.uid}, groups {groups}) via setresuid/setresgid"
+            ]
+        finally:
+            shutil.rmtree(base)

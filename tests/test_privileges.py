@@ -74,9 +74,16 @@ def test_no_mechanism_names_the_verdicts_that_forced_the_refusal() -> None:
         (5, -1, (), "gid -1 means 'unchanged'"),
         (5, 5, (7, -1), "supplementary group -1"),
         (True, 5, (), "uid must be an integer"),
-        ("5", 5, (), "uid must be an integer"),
+        (5.0, 5, (), "uid must be an integer"),
+        ("5", 5, (), "no user named '5'"),
         (2**32, 5, (), "out of range"),
-        (5, 5, range(min(os.sysconf("SC_NGROUPS_MAX"), MAX_SWITCH_GROUPS) + 1), "exceed the limit"),
+        (
+            5,
+            5,
+            range(min(os.sysconf("SC_NGROUPS_MAX"), MAX_SWITCH_GROUPS) + 1),
+            f"exceed the limit: uidprobe's switch sets and verifies at most {MAX_SWITCH_GROUPS}, "
+            f"and the kernel allows {os.sysconf('SC_NGROUPS_MAX')}",
+        ),
     ],
 )
 def test_bad_targets_are_refused_before_anything_changes(uid: Any, gid: Any, groups: Any, phrase: str) -> None:
@@ -210,12 +217,19 @@ VALUES = {"all": ALL, "re": RE_ONLY, "e": E_ONLY}
         ),
         ("setgroups-ignored", "all", "VerificationError: after setgroups([5]): groups are (), should be (5,)"),
         ("fsuid-stays-root", "all", "VerificationError: after setresuid(-1, 1001, -1): fsuid is 0, should be 1001"),
+        (
+            "setgroups-drops-last",
+            "all",
+            "VerificationError: after setgroups([5, 20000, 20001, ..., 3001 groups]): 3000 groups, should be 3001; "
+            "missing [22999], unexpected []",
+        ),
     ],
 )
 def test_a_temporary_switch_that_does_not_verify_raises_and_is_undone(
     faults_so: Path, profile: str, values: str, expected_error: str
 ) -> None:
-    out = switch_in_subprocess(faults_so, profile, f"Switcher({VALUES[values]!r}).become(1001, 1002, [5])")
+    groups = [5, *range(20000, 23000)] if profile == "setgroups-drops-last" else [5]  # long: the sorted comparison
+    out = switch_in_subprocess(faults_so, profile, f"Switcher({VALUES[values]!r}).become(1001, 1002, {groups!r})")
     assert out["error"] is not None and out["error"].startswith(expected_error)
     assert "restoring failed" not in out["error"]
     assert out["restored"], "the original identity was not restored after the failure"

@@ -57,7 +57,7 @@ __all__ = [
 MAX_ARGS = 8
 MAX_STEPS = 64
 #: The most supplementary groups an in-process switch sets and verifies.
-MAX_SWITCH_GROUPS = 256
+MAX_SWITCH_GROUPS = 4096
 #: How long a kept runner waits for the next batch before it ends by itself.
 #: Starting one costs more than the probes it forks, so repeated runs reuse
 #: it; the wait is short so that a root process does not outlive its use (a
@@ -158,7 +158,8 @@ class Step:
 
     def __str__(self) -> str:
         if self.op.family == "groups":
-            return f"{self.op.call}([{', '.join(map(str, self.args))}])"
+            shown = self.args if len(self.args) <= 8 else [*self.args[:3], "...", f"{len(self.args)} groups"]
+            return f"{self.op.call}([{', '.join(map(str, shown))}])"
         if self.op is Op.KEEPCAPS:
             return f"prctl(PR_SET_KEEPCAPS, {self.args[0]})"
         if self.op in _SHOWN:

@@ -3,11 +3,19 @@
     from uidprobe.privileges import Switcher
 
     sw = Switcher()                    # mechanism chosen from uidprobe.config
-    with sw.as_user(1001, 1001):       # euid/egid 1001, no supplementary groups
-        append_to_bills_archive()
+    with sw.as_user("bill") as who:    # bill's uid, gid and groups (initgroups)
+        append_to_bills_archive()      # who.groups: the groups that were set
     # root again here
 
-    sw.drop_permanently(65534, 65534)  # and checks root cannot come back
+    sw.drop_permanently("nobody")      # and checks root cannot come back
+
+Targets (uidprobe.accounts): a user by name is its account, with its
+primary gid and its groups from the group database; a uid by number needs
+its gid and gets exactly the groups listed (none by default, as before
+names were accepted).  ``groups=()`` asks for none, a list (gids or group
+names) for exactly those.  Names are resolved before the first call, as
+root, never inside the C switch or while switched; an unknown one raises
+InvalidTargetError and nothing changes.
 
 Mechanism, from the verdicts: setresuid/setresgid where HASSETRESUID and
 HASSETRESGID hold; else setreuid/setregid where HASSETREUID and HASSETREGID
@@ -80,10 +88,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
+from uidprobe.accounts import Group, User, listed, needs_lookup, resolve
 from uidprobe.creds import Caps, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
 from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, close_kept_runners, default_engine
 from uidprobe.errors import InvalidTargetError, NoMechanismError, PrivilegeError, VerificationError
-from uidprobe.ids import MAX_ID, IdTriple
+from uidprobe.ids import IdTriple
 
 __all__ = [
     "Identity",
@@ -106,7 +115,7 @@ class Identity:
 
     uids: IdTriple
     gids: IdTriple
-    groups: tuple[int, ...]  # sorted, without duplicates
+    groups: tuple[int, ...]  # the supplementary groups, sorted, without duplicates
     fsuid: int | None  # None where the platform has no filesystem ids to read
     fsgid: int | None
 
@@ -156,32 +165,6 @@ def choose_mechanism(values: Mapping[str, int | str | None]) -> Mechanism:
     return Mechanism(uid=picked[0], gid=picked[1])
 
 
-def _check_id(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidTargetError(f"{what} must be an integer, not {value!r}")
-    if value in (-1, 0xFFFFFFFF):
-        raise InvalidTargetError(f"{what} -1 means 'unchanged' to the set*id calls and is never a target")
-    if not 0 <= value <= MAX_ID:
-        raise InvalidTargetError(f"{what} {value} is out of range (0..{MAX_ID})")
-    return value
-
-
-_NGROUPS_MAX: list[int] = []  # sysconf costs microseconds: asked once
-
-
-def _check_groups(groups: Iterable[int]) -> tuple[int, ...]:
-    listed = tuple(_check_id(g, "supplementary group") for g in groups) if groups else ()
-    if not _NGROUPS_MAX:
-        _NGROUPS_MAX.append(os.sysconf("SC_NGROUPS_MAX"))
-    limit = min(_NGROUPS_MAX[0], MAX_SWITCH_GROUPS)
-    if len(listed) > limit:
-        raise InvalidTargetError(
-            f"{len(listed)} supplementary groups exceed the limit of {limit} "
-            f"(NGROUPS_MAX, or the {MAX_SWITCH_GROUPS} that uidprobe verifies)"
-        )
-    return listed
-
-
 # ------------------------------------------------------------ the mechanism table
 #
 # For each call family, three ways to move the ids of one family, each a list
@@ -213,6 +196,10 @@ class _Calls:
     #: real, effective and saved ``target`` for good
     permanent: Callable[[int], _Moves]
 
+
+#: Supplementary groups as a switch takes them: None (the default rule),
+#: ``()`` (none) or a list of gids and group names.
+_Groups = Optional[Iterable[Group]]
 
 #: Which threads a switch changes: every thread, or only the calling one.
 Scope = Literal["process", "thread"]
@@ -359,8 +346,14 @@ def _describe_failure(result: SwitchResult) -> str:
     for fs_label, fs_want, fs_got in (("fsuid", exp.fsuid, got.fsuid), ("fsgid", exp.fsgid, got.fsgid)):
         if fs_want is not None and fs_want != fs_got:
             return f"after {step}: {fs_label} is {fs_got}, should be {fs_want}"
-    if exp.groups is not None and got.groups != tuple(sorted(set(exp.groups))):
-        return f"after {step}: groups are {got.groups}, should be {tuple(sorted(set(exp.groups)))}"
+    groups = None if exp.groups is None else tuple(sorted(set(exp.groups)))
+    if groups is not None and got.groups != groups:
+        if got.groups is None or len(got.groups) + len(groups) > 16:  # a long list: what differs
+            held = set(got.groups or ())
+            missing, extra = sorted(set(groups) - held)[:8], sorted(held - set(groups))[:8]
+            count = "more than uidprobe reads" if got.groups is None else len(got.groups)
+            return f"after {step}: {count} groups, should be {len(groups)}; missing {missing}, unexpected {extra}"
+        return f"after {step}: groups are {got.groups}, should be {groups}"
     return f"after {step}: the ids read back are not what they must be"
 
 
@@ -541,14 +534,15 @@ class Switcher:
 
     # ---------------------------------------------------------- temporary
 
-    def _plan(self, uid: int, gid: int, groups: Iterable[int], cached: bool = True) -> _Switch:
-        """Check the targets and build both plans, or take them from the
-        cache; changes nothing.  A cached plan was made from an identity
-        the C call checks before its first step (NOT_AT_START otherwise)."""
-        uid, gid = _check_id(uid, "uid"), _check_id(gid, "gid")
-        wanted = _check_groups(groups)
+    def _plan(self, user: User, group: Group | None, groups: _Groups, cached: bool = True) -> _Switch:
+        """Resolve and check the targets and build both plans, or take them
+        from the cache; changes nothing.  A cached plan was made from an
+        identity the C call checks before its first step (NOT_AT_START
+        otherwise).  Names are looked up on every call (the databases may
+        have changed), and never while switched."""
         if self.switched:
             raise PrivilegeError("already switched: restore() before switching again")
+        uid, gid, wanted = resolve(user, group, groups)
         self._state.active = None  # a switch restored but not yet noted: noted now
         key = (uid, gid, wanted)
         known = self._state.plans.get(key) if cached else None
@@ -583,10 +577,10 @@ class Switcher:
         # Coming back has nowhere better to retreat to than where it is: no undo.
         return _Switch((uid, gid, wanted), start, forward, SwitchPlan(back, [], self.engine), t.reached())
 
-    def plan(self, uid: int, gid: int, groups: Iterable[int] = ()) -> tuple[list[Step], list[Step]]:
-        """The calls ``become(uid, gid, groups)`` would make, and those of the
-        way back, from the identity held now (a dry run: nothing changes)."""
-        sw = self._plan(uid, gid, groups, cached=False)
+    def plan(self, user: User, group: Group | None = None, groups: _Groups = None) -> tuple[list[Step], list[Step]]:
+        """The calls ``become(user, group, groups)`` would make, and those of
+        the way back, from the identity held now (a dry run: nothing changes)."""
+        sw = self._plan(user, group, groups, cached=False)
         return list(sw.forward.steps), list(sw.back.steps)
 
     def _replan(self, sw: _Switch) -> None:
@@ -635,15 +629,23 @@ class Switcher:
             raise PrivilegeError("restore() ran while switching (from a signal handler?): the switch was undone")
         return sw.reached or _identity(sw.forward.result(status).now)
 
-    def become(self, uid: int, gid: int, groups: Iterable[int] = ()) -> Identity:
-        """Take ``uid``/``gid``/``groups`` as the effective identity, keeping
-        the means to come back (``restore``).  Needs effective uid 0.
+    def become(self, user: User, group: Group | None = None, groups: _Groups = None) -> Identity:
+        """Take ``user``/``group``/``groups`` as the effective identity,
+        keeping the means to come back (``restore``).  Needs effective uid 0.
 
-        Returns the identity read back after the switch.  On failure the
-        starting identity has been restored and verified before
-        VerificationError is raised (or the error says what is held).
+        ``become("bill")``: bill's uid, primary gid and groups (from the
+        password and group databases, as ``initgroups``).  ``become(1001,
+        1001)``: exactly those ids and no supplementary groups.  ``groups``
+        overrides either: ``()`` for none, or a list of gids or group names.
+        Every name is resolved before the first call; an unknown one raises
+        InvalidTargetError and nothing changes.
+
+        Returns the identity read back after the switch, with the groups
+        that were set.  On failure the starting identity has been restored
+        and verified before VerificationError is raised (or the error says
+        what is held).
         """
-        return self._enter(self._plan(uid, gid, groups))
+        return self._enter(self._plan(user, group, groups))
 
     def restore(self) -> None:
         """Return to the identity ``become`` started from; uid first.
@@ -698,10 +700,11 @@ class Switcher:
             finally:
                 self._unwind()
 
-    def as_user(self, uid: int, gid: int, groups: Iterable[int] = ()) -> _AsUser:
+    def as_user(self, user: User, group: Group | None = None, groups: _Groups = None) -> _AsUser:
         """``become`` for the duration of a ``with`` block, then ``restore``.
 
-        The targets are checked and the plans made here, before the block.
+        The targets are resolved and checked and the plans made here, before
+        the block.
         Whatever exception arrives (from the block, or from a signal handler
         while switching in or out), the original identity is restored before
         it propagates, or VerificationError says what is held.  The one
@@ -710,12 +713,14 @@ class Switcher:
         leaves the switch recorded (``switched`` is True, ``restore()``
         works), and the context manager restores it when it is freed.
         """
-        return _AsUser(self, self._plan(uid, gid, groups))
+        return _AsUser(self, self._plan(user, group, groups))
 
     # ---------------------------------------------------------- permanent
 
-    def drop_permanently(self, uid: int, gid: int, groups: Iterable[int] = ()) -> None:
-        """Become ``uid``/``gid``/``groups`` for good: real, effective and saved.
+    def drop_permanently(self, user: User, group: Group | None = None, groups: _Groups = None) -> None:
+        """Become ``user``/``group``/``groups`` for good: real, effective and
+        saved.  The targets are taken as ``become`` takes them:
+        ``drop_permanently("nobody")`` takes nobody's gid and groups.
 
         Every id is verified after every call (a failed call is undone while
         that is still possible); afterwards no capability may remain, and a
@@ -727,8 +732,10 @@ class Switcher:
             raise PrivilegeError(
                 "a permanent drop is process-wide: it cannot be made per thread (use Switcher(), scope='process')"
             )
-        uid, gid = _check_id(uid, "uid"), _check_id(gid, "gid")
-        wanted = _check_groups(groups)
+        groups = listed(groups)  # read twice below: it may be a generator
+        if self._state.active is not None and needs_lookup(user, group, groups):
+            self.restore()  # names are resolved as root, never while switched
+        uid, gid, wanted = resolve(user, group, groups)
         if uid == 0:
             raise InvalidTargetError("dropping privileges to uid 0 drops nothing")
         # Everything the regain check needs is loaded now: after the drop the
