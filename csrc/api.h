@@ -142,6 +142,9 @@ struct up_outcome {
     int exit_code;       // ... with this code
     int signaled;        // exit status known and the child died of ...
     int signal;          // ... this signal
+    int stopped;         // the child was seen stopped by this signal (never the
+                         // engine's doing: it was then killed at once), else 0
+    int continued;       // the child was seen continued from a stop (SIGCONT)
     int wait_errno;      // waitpid() failed (ECHILD when SIGCHLD is ignored or
                          // another reaper took the child): status unknown
     int error;           // errno of a parent-side failure; 0 if none

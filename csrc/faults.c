@@ -26,6 +26,9 @@
  *   eperm                 every set*id call fails with EPERM (a sandbox)
  *   crash                 the first set*id call dereferences NULL
  *   hang                  the first set*id call never returns
+ *   hang-as-user          a set*id call made while the real uid is not 0 never
+ *                         returns (the child waits where any process of that
+ *                         uid may signal it)
  *
  * The profile is read once, at load time: the calls themselves run in a
  * forked child and must stay async-signal-safe (no getenv there).
@@ -53,6 +56,7 @@ enum fault {
     HANG = 1 << 10,
     SETRESUID_IGNORED = 1 << 11,
     SETGROUPS_DROPS_LAST = 1 << 12,
+    HANG_AS_USER = 1 << 13,
 };
 
 static unsigned profile;
@@ -83,6 +87,7 @@ __attribute__((constructor)) static void load(void)
         {"hang", HANG},
         {"setresuid-ignored", SETRESUID_IGNORED},
         {"setgroups-drops-last", SETGROUPS_DROPS_LAST},
+        {"hang-as-user", HANG_AS_USER},
     };
     const char *want = getenv("UIDPROBE_FAULT");
     while (want && *want) {
@@ -112,7 +117,7 @@ static int common_fault(void)
     }
     if (profile & CRASH)
         *(volatile int *)0 = 1;
-    if (profile & HANG)
+    if ((profile & HANG) || ((profile & HANG_AS_USER) && getuid() != 0))
         for (;;)
             pause(); // signals are blocked in the probe child: only SIGKILL ends this
     return 0;

@@ -133,13 +133,28 @@ static void note_status(struct up_outcome *out, int status)
 
 // Non-blocking check for a child's end.  Returns 1 when it is gone (its
 // status noted when we could collect it), 0 while it still runs.
+//
+// The engine only ever sends SIGKILL, at the deadline, so a stop or a
+// continue seen here came from outside: another process of the child's
+// real or saved uid (kill(2) allows it) or a tracer.  Both are noted for
+// the caller to judge; a stopped child is killed at once (it would sit
+// until its deadline and pass for a hang) and reaped on a later call.
 static int child_gone(pid_t pid, struct up_outcome *out)
 {
     int status;
     pid_t r;
     do
-        r = waitpid(pid, &status, WNOHANG);
+        r = waitpid(pid, &status, WNOHANG | WUNTRACED | WCONTINUED);
     while (r < 0 && errno == EINTR);
+    if (r == pid && WIFSTOPPED(status)) {
+        out->stopped = WSTOPSIG(status);
+        kill(pid, SIGKILL);
+        return 0;
+    }
+    if (r == pid && WIFCONTINUED(status)) {
+        out->continued = 1;
+        return 0;
+    }
     if (r == pid) {
         note_status(out, status);
         return 1;

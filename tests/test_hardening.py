@@ -499,12 +499,24 @@ def test_a_switch_under_fakeroot_is_refused_by_the_kernel_read_back() -> None:
 
 
 def test_a_setresuid_that_lies_is_its_own_verdicts_no_and_names_the_call(faults_so: Path) -> None:
-    proc = run_cli("check", "HASSETRESUID", env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "setresuid-ignored"})
+    proc = run_cli(
+        "check",
+        "HASSETRESUID",
+        "--uids",
+        "1,2,3",
+        env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "setresuid-ignored"},
+    )
     assert proc.returncode == 1, proc.stdout
     assert "after setresuid(-1, 2, -1)" in proc.stdout
 
 
 def test_a_setresuid_that_lies_is_not_used_to_set_up_the_other_probes(faults_so: Path) -> None:
-    proc = run_cli("explain", "USESETEUID", env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "setresuid-ignored"})
+    proc = run_cli(
+        "explain",
+        "USESETEUID",
+        "--uids",
+        "1,2,3",
+        env={"LD_PRELOAD": str(faults_so), "UIDPROBE_FAULT": "setresuid-ignored"},
+    )
     assert proc.returncode == 0
     assert "USESETEUID: yes" in proc.stdout and "setreuid(1, 0) [setup" in proc.stdout

@@ -46,7 +46,7 @@ def broadcasting_engine(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
 
 @requires_root
 def test_thread_credentials_is_1_with_evidence_from_both_threads() -> None:
-    r = suite.run([NAME])[NAME]
+    r = suite.run([NAME], uids=(1, 2, 3), gids=(1, 2, 3))[NAME]
     assert r.verdict is True, r.reason
     checks = [t for t in r.trace if t.step.op.per_thread and t.role.value == "check"]
     assert [str(t.step) for t in checks] == [
@@ -84,7 +84,7 @@ def test_thread_credentials_is_0_when_the_per_thread_call_changes_every_thread(
 ) -> None:
     eng = Engine(broadcasting_engine)
     assert eng.lib.up_features() & eng.lib.UP_FAULT_THREAD_BROADCAST
-    r = suite.run([NAME], engine=eng)[NAME]
+    r = suite.run([NAME], uids=(1, 2, 3), gids=(1, 2, 3), engine=eng)[NAME]
     assert r.verdict is False
     assert r.reason == "after SYS_setgroups([2]): in the other thread, groups are (2,), should be [1]"
 

@@ -121,9 +121,11 @@ def probe(
     With no ``name``: a mapping from every probe name to its Result.  With a
     name: that one Result (ValueError for an unknown name).  ``uids`` and
     ``gids`` are the ordinary ids (U, A, B) the children switch between; by
-    default ids this process can really switch to are chosen.  Each child is
-    killed after ``timeout`` seconds.  Never raises because the process lacks
-    privilege: the verdicts are then None with the reason.
+    default, ids this process can really switch to and nobody else holds
+    (see ``uidprobe.process.IdsInUse``).  Each child is killed after
+    ``timeout`` seconds; a child disturbed from outside runs once more
+    (``Result.disturbed`` if it is disturbed again).  Never raises because
+    the process lacks privilege: the verdicts are then None with the reason.
     """
     from uidprobe import suite
 

@@ -14,6 +14,8 @@ exit codes, and scripts need the same):
     66  ``model --diff``: a file cannot be read (EX_NOINPUT)
     73  a path could not be written, or was refused as unsafe (EX_CANTCREAT)
     74  standard output could not be written (EX_IOERR: a full disk, /dev/full)
+    75  ``configure``: a probe child was disturbed from outside twice; nothing
+        was written (EX_TEMPFAIL)
     77  ``configure``/``model`` without root (EX_NOPERM)
     130 interrupted by SIGINT (Ctrl-C); 143 terminated by SIGTERM
 
@@ -60,6 +62,7 @@ EX_DATAERR = 65
 EX_NOINPUT = 66
 EX_CANTCREAT = 73
 EX_IOERR = 74
+EX_TEMPFAIL = 75  # configure: a probe child was disturbed from outside; try again
 EX_SOFTWARE = 70  # an internal error (a bug): the traceback is printed
 EX_NOPERM = 77
 EX_SIGINT = 128 + signal.SIGINT
@@ -80,6 +83,7 @@ exit codes: 0 ok (check: yes; show: valid, current store),
             3 show: no valid, current store, 64 bad usage,
             65 not a model file, 66 cannot read, 73 cannot write (or
             refused: unsafe path), 74 cannot write standard output,
+            75 configure: disturbed from outside, nothing written,
             77 needs root, 130 interrupted (Ctrl-C), 143 terminated
 
 examples:
@@ -625,6 +629,13 @@ def cmd_configure(args: argparse.Namespace, out: TextIO) -> int:
     try:
         store.check_writable(path)  # refuse before forking a single probe child
         results = _run(args, None)
+        disturbed = [r for r in results.values() if r.disturbed]
+        if disturbed:
+            # Such a verdict is no fact about this machine: storing its 0
+            # would let whoever disturbed the run choose root's values.
+            names = ", ".join(r.name for r in disturbed)
+            _warn(f"configure: nothing written, {path} left as it was: {names}: {disturbed[0].reason}")
+            return EX_TEMPFAIL
         store.save(path, results)  # decides again: the check above was only early
     except store.StoreError as e:
         return _cannot_write(path, e)

@@ -252,23 +252,54 @@ class Outcome:
     signal: int | None = None
     status_known: bool = False
     error: str | None = None  # the child could not be started: "fork failed: EAGAIN (...)"
+    #: the signal that stopped the child (the engine then killed it), or None
+    stopped: int | None = None
+    #: the child was continued from a stop (SIGCONT)
+    continued: bool = False
+
+    @property
+    def disturbed(self) -> str | None:
+        """How the child was disturbed from outside, or None.
+
+        The engine only sends SIGKILL, at the deadline (``timed_out``), and
+        the child blocks every other signal; so a child that did not finish
+        and was stopped, continued, or killed by a SIGKILL it was not sent,
+        met someone else: another process of a probe id (kill(2) lets it), a
+        tracer, the OOM killer or a resource limit.  Its unfinished trace
+        says nothing about the platform.
+        """
+        if self.completed or self.error is not None:
+            return None
+        if self.stopped is not None:
+            return f"stopped by {_signal_name(self.stopped)}"
+        if self.continued:
+            return "stopped and continued (SIGCONT)"
+        if self.signal == signal.SIGKILL and not self.timed_out:
+            return "killed by SIGKILL, which uidprobe did not send"
+        return None
 
     def describe_end(self) -> str:
         """A short phrase for a child that did not complete, for reasons."""
         if self.error is not None:
             return f"could not start a probe child: {self.error}"
         done = f"after {len(self.records)} step(s)"
+        outside = self.disturbed
+        if outside is not None:
+            return f"probe child was disturbed from outside: {outside}, {done}"
         if self.timed_out:
             return f"probe child timed out {done} and was killed"
         if self.signal is not None:
-            try:
-                name = signal.Signals(self.signal).name
-            except ValueError:
-                name = f"signal {self.signal}"
-            return f"probe child was killed by {name} {done}"
+            return f"probe child was killed by {_signal_name(self.signal)} {done}"
         if self.exit_code is not None:
             return f"probe child exited with status {self.exit_code} {done}"
         return f"probe child ended {done} without finishing (exit status unavailable)"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @dataclass(frozen=True)
@@ -379,6 +410,8 @@ class _RecordDecoder:
             exit_code=v[at["exit_code"]] if v[at["exited"]] else None,
             signal=v[at["signal"]] if v[at["signaled"]] else None,
             status_known=bool(v[at["exited"]] or v[at["signaled"]]),
+            stopped=v[at["stopped"]] or None,
+            continued=bool(v[at["continued"]]),
         )
         if key is not None:
             if len(self._outcomes) >= 256:  # a bound: other ids, other runs

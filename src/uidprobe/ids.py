@@ -8,13 +8,20 @@ from __future__ import annotations
 import enum
 from typing import NamedTuple, Optional
 
-__all__ = ["DEFAULT_IDS", "MAX_ID", "Family", "IdPattern", "IdSet", "IdTriple", "validate_ids"]
+__all__ = ["MAX_ID", "PREFERRED_IDS", "Family", "IdPattern", "IdSet", "IdTriple", "validate_ids"]
 
 #: The largest id: (uid_t)-1 means "unchanged" to the set*id calls and is never an id.
 MAX_ID = 0xFFFFFFFE
-#: Preferred U, A, B (sendmail's test programs used 1 and 2).  In a user
-#: namespace where they are not mapped, other mapped ids are chosen.
-DEFAULT_IDS = (1, 2, 3)
+#: Where the default U, A and B are looked for first.  Any process of a
+#: probe id may signal the probe children (kill(2) allows it), so the ids
+#: must be nobody's: these are allocated by no distribution (unused in
+#: systemd's ranges, reserved in Debian's), lie below the overflow id 65534
+#: and within the 65536 ids a container's map usually covers.  An id is
+#: taken only if no running process holds it and no passwd (group) entry
+#: names it; failing three of these, every mapped id from 1 up is tried.
+#: (sendmail's test programs used 1 and 2: daemon and bin, whose processes
+#: could disturb the probes.)
+PREFERRED_IDS = range(65520, 65534)
 
 
 class Family(str, enum.Enum):

@@ -8,16 +8,19 @@ that names the cause, and never confused with "the platform is broken".
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
-from uidprobe.ids import DEFAULT_IDS, MAX_ID, Family, IdSet, validate_ids
+from uidprobe.ids import MAX_ID, PREFERRED_IDS, Family, IdSet, validate_ids
 
 __all__ = [
     "CAP_SETGID",
     "CAP_SETUID",
     "IdMap",
+    "IdsInUse",
     "ProcessState",
     "choose_ids",
     "read_state",
@@ -55,9 +58,6 @@ class ProcessState:
     uid_map: IdMap | None
     gid_map: IdMap | None
     setgroups_allowed: bool
-    #: the kernel's overflow uid/gid, read only where a map lacks the default
-    #: ids (choose_ids then searches it and must skip them); else empty
-    overflow_ids: frozenset[int] = field(default_factory=frozenset)
     #: why the C library's ids cannot be believed (an emulated root), or None
     emulation: str | None = None
     #: prctl(PR_GET_SECUREBITS); None where not read (/proc does not show
@@ -145,15 +145,6 @@ def _emulation(status: dict[str, list[str]]) -> str | None:
     return None
 
 
-def _overflow_ids() -> frozenset[int]:
-    ids = set()
-    for path in ("/proc/sys/kernel/overflowuid", "/proc/sys/kernel/overflowgid"):
-        text = _read(path)
-        if text and text.strip().isdigit():
-            ids.add(int(text))
-    return frozenset(ids)
-
-
 #: A user namespace's maps and setgroups answer, once both maps are written
 #: (then none of the three can change), keyed by the namespace's identity.
 _NAMESPACE_FACTS: dict[tuple[str, int, int], tuple[IdMap | None, IdMap | None, bool]] = {}
@@ -196,9 +187,6 @@ def read_state(proc: str = "/proc/self") -> ProcessState:
     caps = _effective_caps(status)
     caps_known = caps is not None
     uid_map, gid_map, setgroups_allowed = _namespace_facts(proc)
-    # Overflow ids matter only where choose_ids must search a map that lacks
-    # the default ids (a user namespace): read the sysctls only then.
-    searched = any(m is not None and not all(m.contains(i) for i in DEFAULT_IDS) for m in (uid_map, gid_map))
     return ProcessState(
         euid=euid,
         cap_setuid=bool(caps >> CAP_SETUID & 1) if caps is not None else euid == 0,
@@ -207,22 +195,111 @@ def read_state(proc: str = "/proc/self") -> ProcessState:
         uid_map=uid_map,
         gid_map=gid_map,
         setgroups_allowed=setgroups_allowed,
-        overflow_ids=_overflow_ids() if searched else frozenset(),
         emulation=_emulation(status),
     )
+
+
+def _held_ids(proc: str) -> tuple[set[int], set[int]]:
+    """(uids, gids) that some process visible in ``proc`` holds as its
+    real, effective or saved id (a saved id can become effective)."""
+    held: tuple[set[int], set[int]] = (set(), set())
+    try:
+        pids = [name for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return held
+    for pid in pids:
+        try:
+            fd = os.open(f"{proc}/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone since the listing
+        try:
+            text = os.read(fd, 4096)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        for ids, label in zip(held, (b"\nUid:", b"\nGid:")):
+            at = text.find(label)
+            if at >= 0:  # real, effective, saved, filesystem
+                ids.update(int(w) for w in text[at + 5 : text.find(b"\n", at + 5)].split()[:3] if w.isdigit())
+    return held
+
+
+def _named(family: Family, i: int) -> bool:
+    """Does a passwd (uid) or group (gid) entry name ``i``?  Through the C
+    library, so every NSS source counts (LDAP, systemd's dynamic users)."""
+    import grp
+    import pwd
+
+    try:
+        (pwd.getpwuid if family is Family.UID else grp.getgrgid)(i)
+    except (KeyError, OverflowError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class IdsInUse:
+    """The ids that are somebody's here, read once, before choosing U, A, B.
+
+    Any process whose real or effective uid is a probe id may signal the
+    probe children (kill(2) allows it): stop them or kill them.  So the
+    default ids are ones no running process holds (real, effective or saved,
+    from /proc/PID/status; never chosen), that are not the kernel's overflow
+    ids, and, unless too few are left, that no passwd or group entry names
+    (a user who could start a process later).  Not seen from here:
+    processes of a parent pid namespace, a thread whose credentials differ
+    from its process's, and whoever takes an id after this look; the engine
+    catches a child they disturb (``Outcome.disturbed``).
+    """
+
+    uids: frozenset[int] = frozenset()
+    gids: frozenset[int] = frozenset()
+    #: does a database entry name this id (tests give a table)
+    named: Callable[[Family, int], bool] = _named
+
+    @classmethod
+    def read(cls, proc: str = "/proc") -> IdsInUse:
+        uids, gids = _held_ids(proc)
+        for ids, name in ((uids, "overflowuid"), (gids, "overflowgid")):
+            text = _read(f"/proc/sys/kernel/{name}")
+            if text and text.strip().isdigit():
+                ids.add(int(text))
+        return cls(frozenset(uids), frozenset(gids))
+
+    def held(self, family: Family) -> frozenset[int]:
+        return self.uids if family is Family.UID else self.gids
+
+
+#: The most mapped ids choose_ids examines (each may cost a passwd lookup;
+#: three free ones are normally among the first).
+SEARCH_LIMIT = 4096
+
+
+def _candidates(idmap: IdMap | None) -> Iterator[int]:
+    """Non-root ids in the order choose_ids tries them: PREFERRED_IDS, then
+    every mapped id (every id without a map) from 1 up, range by range."""
+    ranges = [(0, MAX_ID + 1)] if idmap is None else [(start, start + count) for start, _, count in idmap.ranges]
+    mapped = [i for i in PREFERRED_IDS if any(lo <= i < hi for lo, hi in ranges)]
+    yield from mapped
+    for lo, hi in ranges:
+        yield from (i for i in range(max(lo, 1), min(hi, MAX_ID + 1)) if i not in mapped)
 
 
 def choose_ids(
     idmap: IdMap | None,
     kind: str,
     requested: tuple[int, int, int] | None = None,
-    overflow: frozenset[int] = frozenset(),
+    in_use: IdsInUse | None = None,
 ) -> IdSet | str:
     """Three switchable ids (U, A, B), or the reason there are none.
 
-    Without a map (not Linux) every id is assumed switchable.  In a user
-    namespace only mapped ids can be switched to (others give EINVAL), so
-    those are chosen, preferring DEFAULT_IDS.
+    ``requested`` ids are used as given (once validated and, in a user
+    namespace, found mapped: others give EINVAL).  Otherwise the first three
+    of ``_candidates`` that ``in_use`` (see IdsInUse) finds free: the same
+    ids on every run while nobody takes them.  Where fewer than three are
+    free, ids that an entry names but no process holds fill in (a small
+    user namespace map often covers a login user's ids only).
     """
     if requested is not None:
         validate_ids(requested, kind)
@@ -231,13 +308,26 @@ def choose_ids(
             if unmapped:
                 return f"{kind} {unmapped[0]} is not mapped in {idmap.describe()}"
         return IdSet(*requested)
-    if idmap is None or all(idmap.contains(i) for i in DEFAULT_IDS):
-        return IdSet(*DEFAULT_IDS)
-    found: list[int] = []
-    for start, _, count in idmap.ranges:
-        for i in range(max(start, 1), min(start + count, MAX_ID + 1)):
-            if i not in overflow and i not in found:
-                found.append(i)
-            if len(found) == 3:
-                return IdSet(*found)
-    return f"only {len(found)} non-root {kind}(s) mapped in {idmap.describe()}; the probes need three to switch between"
+    family = Family(kind)
+    held = in_use.held(family) if in_use is not None else frozenset()
+    unheld: list[tuple[int, bool]] = []  # (id, named by an entry), in candidate order
+    free = examined = 0
+    for i in itertools.islice(_candidates(idmap), SEARCH_LIMIT):
+        examined += 1
+        if i in held:
+            continue
+        named = in_use is not None and in_use.named(family, i)
+        unheld.append((i, named))
+        free += not named
+        if free == 3:
+            return IdSet(*(i for i, named in unheld if not named))
+    if len(unheld) >= 3:
+        spare = [i for i, named in unheld if named][: 3 - free]  # the first named ones tried
+        return IdSet(*(i for i, named in unheld if not named or i in spare))
+    where = idmap.describe() if idmap is not None else "this system"
+    if examined < 3:
+        return f"only {examined} non-root {kind}(s) mapped in {where}; the probes need three to switch between"
+    return (
+        f"only {len(unheld)} of the {examined} {kind}s tried in {where} are held by no running "
+        "process; the probes need three to switch between"
+    )

@@ -20,7 +20,7 @@ from uidprobe.ids import Family, IdSet
 from uidprobe.names import DECLARED
 from uidprobe.plan import Plan, plan
 from uidprobe.probes import Probe
-from uidprobe.process import ProcessState, choose_ids, read_state
+from uidprobe.process import IdsInUse, ProcessState, choose_ids, read_state
 from uidprobe.verdicts import Kind, Result
 
 #: Plans are pure functions of (probe, ids, features) and immutable: made
@@ -161,6 +161,12 @@ def _probe(
             for p, o in zip(again, engine.run_batch([p.engine_steps for p in again], timeout)):
                 judged[p.probe.name] = _judge(p, o)
             planned.update(replanned)
+    # A child disturbed from outside (Outcome.disturbed) showed nothing about
+    # the platform: run it once more, and if it is disturbed again, say so.
+    retry = [x for name, x in planned.items() if isinstance(x, Plan) and judged[name].disturbed]
+    for p, o in zip(retry, engine.run_batch([p.engine_steps for p in retry], timeout) if retry else ()):
+        r = _judge(p, o)
+        judged[p.probe.name] = replace(r, reason=f"{r.reason}; and again when run once more") if r.disturbed else r
     return {name: judged[name] if isinstance(x, Plan) else x for name, x in planned.items()}
 
 
@@ -181,8 +187,9 @@ def run(
     wanted = list(NAMES) if names is None else list(dict.fromkeys(names))
     selected = [probes.by_name(n) for n in wanted if n != DECLARED]  # ValueError naming the known ones
     state = probing_state(engine) if selected else read_state()
-    uid_set = choose_ids(state.uid_map, "uid", uids, state.overflow_ids)
-    gid_set = choose_ids(state.gid_map, "gid", gids, state.overflow_ids)
+    in_use = IdsInUse.read() if uids is None or gids is None else None  # read only to choose defaults
+    uid_set = choose_ids(state.uid_map, "uid", uids, in_use)
+    gid_set = choose_ids(state.gid_map, "gid", gids, in_use)
 
     results: dict[str, Result] = {}
     runnable = []

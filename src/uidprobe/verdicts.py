@@ -5,7 +5,9 @@ read back after it is what the scenario requires.  It is False when the
 platform itself misbehaved: a checked call did the wrong thing while the
 start state was established.  It is None (undetermined) when this process
 could not test: no privilege, unmapped ids, a refused start state, a child
-that crashed or hung.  "Broken" and "could not test" are never confused.
+that crashed or hung, or one disturbed from outside (``Result.disturbed``:
+another process stopped or killed it).  "Broken" and "could not test" are
+never confused, nor "could not test" and "was disturbed".
 """
 
 from __future__ import annotations
@@ -131,6 +133,10 @@ class Result:
     trace: tuple[TraceLine, ...] = ()
     meaning: str = ""
     kind: Kind = Kind.OBSERVED
+    #: undetermined because the child was disturbed from outside (see
+    #: ``Outcome.disturbed``), not because this process could not test:
+    #: ``uidprobe configure`` never persists such a verdict
+    disturbed: bool = False
 
     @property
     def value(self) -> int:
@@ -253,11 +259,22 @@ def evaluate(plan: Plan, outcome: Outcome) -> Result:
         lines.append(TraceLine(p, r, mismatch))
         before = r
     trace = tuple(lines)
+    disturbed = False
     if decided is None and not outcome.completed:
+        # Nothing an outside signal does can change an id: a mismatch seen
+        # before it stands; only what was never reached is unknown.
+        disturbed = outcome.disturbed is not None
         decided = (None, outcome.describe_end())
     if decided is None:
         reason = f"every call behaved as required: {probe.meaning}"
         if inferred:
             reason += " (saved ids not readable here: inferred from which calls succeeded)"
         decided = (True, reason)
-    return Result(name=probe.name, verdict=decided[0], reason=decided[1], trace=trace, meaning=probe.meaning)
+    return Result(
+        name=probe.name,
+        verdict=decided[0],
+        reason=decided[1],
+        trace=trace,
+        meaning=probe.meaning,
+        disturbed=disturbed,
+    )
