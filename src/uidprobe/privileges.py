@@ -102,6 +102,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Callable, Literal, Optional
 
+from uidprobe import threads
 from uidprobe.accounts import Group, User, listed, needs_lookup, resolve
 from uidprobe.creds import Caps, CapSets, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
 from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, close_kept_runners, default_engine
@@ -487,7 +488,7 @@ class _Switch:
     """One temporary switch: the plans there and back, where it starts and
     the identity it reaches (None: read it back after the switch)."""
 
-    __slots__ = ("back", "forward", "key", "reached", "start")
+    __slots__ = ("back", "forward", "key", "owner", "reached", "start")
 
     def __init__(
         self,
@@ -502,6 +503,7 @@ class _Switch:
         self.forward = forward
         self.back = back
         self.reached = reached
+        self.owner = 0  # the native id of the thread that switched (set by _enter)
 
 
 #: Plans kept per Switcher (and per thread, in thread scope).
@@ -711,6 +713,12 @@ class Switcher:
         sw.start, sw.forward, sw.back, sw.reached = fresh.start, fresh.forward, fresh.back, fresh.reached
 
     def _enter(self, sw: _Switch) -> Identity:
+        alone = True
+        if self.scope == "process":
+            alone = threads.alone()  # then no thread can appear before the switch: only this one could start it
+            if not alone:
+                self._check_other_threads(sw)
+            sw.owner = threading.get_native_id()
         # Recorded before the first call: whatever interrupts after this
         # line, restore() knows where to go back to (and the way back is
         # marked not taken, so ``switched`` says True until it is).
@@ -747,41 +755,28 @@ class Switcher:
                     f"holding {_held(undo.now)}"
                 )
             raise PrivilegeError("restore() ran while switching (from a signal handler?): the switch was undone")
-        caps = sw.start.caps  # (inline: this is every switch's path, and the check is rarely needed)
-        others = caps is not None and caps.securebits & _SECBIT_NO_SETUID_FIXUP and self._threads_holding_caps(sw)
+        others = not alone and sw.key[0] != 0 and threads.holding_after()
         if others:
             self.restore()
             raise PrivilegeError(
-                f"the switch was undone: as uid {sw.key[0]}, {others}. Under SECBIT_NO_SETUID_FIXUP the kernel "
-                "keeps every thread's effective capabilities when the C library changes their uids, and a "
-                "switch can lower only its own thread's: use Switcher(scope='thread'), or switch before "
-                "starting threads"
+                f"the switch was undone: as uid {sw.key[0]}, {others}. The kernel keeps a thread's effective "
+                "capabilities when the C library changes its uids under SECBIT_NO_SETUID_FIXUP (securebits are "
+                "per thread), and a switch can lower only its own thread's: use Switcher(scope='thread'), or "
+                "switch before starting threads"
             )
         # Read back in full when the plan cannot say (switch results carry no securebits).
         return sw.reached or current_identity(self.engine)
 
-    def _threads_holding_caps(self, sw: _Switch) -> str | None:
-        """After a process-scope switch to a user under SECBIT_NO_SETUID_FIXUP
-        (only then can other threads keep any): which other threads still
-        hold effective capabilities (the kernel's own per-thread accounts in
-        /proc), or None."""
-        if self.scope != "process" or sw.key[0] == 0:
-            return None
-        me = str(threading.get_native_id())
-        try:
-            tids = [t for t in os.listdir("/proc/self/task") if t != me]
-        except OSError:
-            return "the other threads cannot be checked (/proc/self/task is not readable)"
-        holding = []
-        for tid in tids:
-            try:
-                with open(f"/proc/self/task/{tid}/status") as f:
-                    eff = next((line.split()[1] for line in f if line.startswith("CapEff:")), "0")
-            except OSError:
-                continue  # the thread has exited meanwhile
-            if int(eff, 16):
-                holding.append(f"thread {tid} still held CapEff={int(eff, 16):#x}")
-        return "; ".join(holding) or None
+    def _check_other_threads(self, sw: _Switch) -> None:
+        """Refuse a process-scope switch, before it starts, that some other
+        thread would not follow (uidprobe.threads says why)."""
+        problem = threads.problem_before(sw.key[0])
+        if problem:
+            raise PrivilegeError(
+                f"the switch was refused before it started (nothing was changed): {problem}. A process-scope "
+                "switch makes the C library change every thread's ids, but verifies, and moves the capability "
+                "sets of, only the calling thread: use Switcher(scope='thread'), or switch before starting threads"
+            )
 
     def become(self, user: User, group: Group | None = None, groups: _Groups = None) -> Identity:
         """Take ``user``/``group``/``groups`` as the effective identity,

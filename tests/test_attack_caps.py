@@ -1,0 +1,119 @@
+"""Attacks on issue 19's work (capabilities and gids in the switch and the trust rule), with real processes.
+
+Each test is a finding: it failed before the fix that came with it.  Every
+switch runs in a subprocess (under ``setpriv`` where the securebits or the
+ambient set matter); the threads' credentials are read from the kernel's
+per-thread accounts in /proc, independently of uidprobe.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import requires_root, run_python
+
+pytestmark = [
+    requires_root,
+    pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv"),
+]
+
+VALUES = {"HASSETRESUID": 1, "HASSETRESGID": 1, "THREAD_CREDENTIALS": 1}
+TESTS = str(Path(__file__).parent)
+AMBIENT = ["setpriv", "--inh-caps", "+setuid,+setgid", "--ambient-caps", "+setuid,+setgid"]
+
+
+def run_json(code: str, prefix: list[str] | None = None) -> dict[str, Any]:
+    proc = run_python(code, prefix=prefix, env={"PYTHONPATH": TESTS})
+    assert proc.returncode == 0, f"exit status {proc.returncode}: {proc.stderr}"
+    result: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    return result
+
+
+#: A worker thread prepared by ``{setup}``, then a process-scope switch in
+#: the main thread; both threads' credentials before, inside and after.
+OTHER_THREAD = """
+import ctypes, json, threading
+from procinfo import lower_effective
+from uidprobe.privileges import PrivilegeError, Switcher
+
+def status(tid):
+    with open(f"/proc/self/task/{{tid}}/status") as f:
+        keep = ("Uid", "Gid", "Groups", "CapEff", "CapPrm", "CapInh", "CapAmb")
+        return {{k: v.split() for k, _, v in (line.partition(":") for line in f) if k in keep}}
+
+ready, stop = threading.Event(), threading.Event()
+def worker():
+    own = None
+{setup}
+    ready.set()
+    stop.wait()
+    if own is not None:
+        own.restore()
+t = threading.Thread(target=worker)
+t.start()
+ready.wait()
+me = threading.get_native_id()
+before = {{"main": status(me), "worker": status(t.native_id)}}
+inside = error = None
+try:
+    with Switcher({values!r}).as_user(1000, 1000):
+        inside = status(t.native_id)
+except PrivilegeError as e:
+    error = str(e)
+after = {{"main": status(me), "worker": status(t.native_id)}}
+stop.set()
+t.join()
+print(json.dumps({{"tid": t.native_id, "before": before, "inside": inside, "error": error, "after": after}}))
+"""
+
+#: What the worker does before the switch, what it holds then, and the
+#: refusal that must name it.  Before the fix: the C library's broadcast
+#: aborted the process (a thread without CAP_SETUID); the worker got
+#: CAP_DAC_OVERRIDE back in effect after the restore; it kept its ambient
+#: CAP_SETUID while uid 1000 (a program it ran would have had it); its own
+#: per-thread switch to uid 1000 was overwritten with root.
+WORKERS = {
+    "lacks CAP_SETUID": ("    lower_effective(1 << 7)", [], "lacks CAP_SETUID in its effective set"),
+    "effective below permitted": (
+        "    lower_effective(1 << 1)",
+        [],
+        "has its effective set below its permitted set (CapEff=0x1fffefffffd, CapPrm=0x1fffeffffff)",
+    ),
+    "ambient": ("    pass", AMBIENT, "holds ambient CAP_SETGID, CAP_SETUID"),
+    "switched on its own": (
+        f"    own = Switcher({VALUES!r}, scope='thread')\n    own.become(1000, 1000)",
+        [],
+        "holds uids 0 1000 0 1000 and gids 0 1000 0 1000 (real, effective, saved, filesystem; "
+        "this thread: 0 0 0 0 and 0 0 0 0)",
+    ),
+}
+
+
+@pytest.mark.parametrize("holding", WORKERS)
+def test_a_process_scope_switch_is_refused_before_it_starts_when_another_thread_would_not_follow_it(
+    holding: str,
+) -> None:
+    setup, prefix, why = WORKERS[holding]
+    out = run_json(OTHER_THREAD.format(setup=setup, values=VALUES), prefix)
+    assert out["error"] is not None, f"the switch went ahead; the worker held {out['inside']} inside"
+    assert f"thread {out['tid']} {why}" in out["error"]
+    assert "nothing was changed" in out["error"]
+    assert out["inside"] is None
+    assert out["after"] == out["before"]
+
+
+def test_a_thread_whose_own_securebits_keep_its_capabilities_is_caught_after_the_switch_and_undone() -> None:
+    # Securebits are per thread and /proc does not show them: only the
+    # switch's outcome can.  Before the fix only the calling thread's
+    # securebits decided whether the other threads were looked at.
+    setup = "    assert ctypes.CDLL(None).prctl(28, 1 << 2, 0, 0, 0) == 0  # PR_SET_SECUREBITS: NO_SETUID_FIXUP"
+    out = run_json(OTHER_THREAD.format(setup=setup, values=VALUES))
+    assert out["error"] is not None, f"the switch went ahead; the worker held {out['inside']} inside"
+    assert "the switch was undone" in out["error"]
+    assert f"thread {out['tid']} still held CapEff=0x1fffeffffff" in out["error"]
+    assert out["after"] == out["before"]
