@@ -117,3 +117,84 @@ def test_a_thread_whose_own_securebits_keep_its_capabilities_is_caught_after_the
     assert "the switch was undone" in out["error"]
     assert f"thread {out['tid']} still held CapEff=0x1fffeffffff" in out["error"]
     assert out["after"] == out["before"]
+
+
+#: The main thread (prepared by ``{setup}``) switches in process scope; a
+#: worker (prepared by ``{worker}``) calls ``restore()``; then the main
+#: thread restores if it is still switched.
+RESTORE_ELSEWHERE = """
+import ctypes, json, os, threading
+from procinfo import _cap_binding, capget_sets, lower_effective, status_caps
+from uidprobe.privileges import PrivilegeError, Switcher, VerificationError
+
+def drop_permitted(mask):
+    _, libc, h, d = _cap_binding()
+    assert libc.capget(ctypes.byref(h), d) == 0
+    for half in (0, 1):
+        keep = ~(mask >> 32 * half) & 0xFFFFFFFF
+        d[half].effective &= keep
+        d[half].permitted &= keep
+    assert libc.capset(ctypes.byref(h), d) == 0
+
+sw = Switcher({values!r})
+go, done = threading.Event(), threading.Event()
+out = {{}}
+def worker():
+{worker}
+    out["worker_before"] = status_caps()
+    go.wait()
+    try:
+        sw.restore()
+        out["error"] = None
+    except (PrivilegeError, VerificationError) as e:
+        out["error"] = f"{{type(e).__name__}}: {{e}}"
+    out["worker_uids"] = os.getresuid()
+    done.set()
+    go.clear()
+    go.wait()
+    out["worker_after"] = status_caps()
+t = threading.Thread(target=worker)
+t.start()
+{setup}
+before = [status_caps(), capget_sets(), os.getresuid()]
+sw.become(1000, 1000)
+go.set()
+done.wait()
+out["switched_after_worker"] = sw.switched
+out["main_after_worker"] = status_caps()
+if sw.switched:
+    sw.restore()
+out["main_same"] = [status_caps(), capget_sets(), os.getresuid()] == before
+go.set()
+t.join()
+out["tid"] = threading.get_native_id()
+print(json.dumps(out))
+"""
+
+
+def test_restore_from_another_thread_refuses_when_only_the_switching_thread_can_raise_its_sets_again() -> None:
+    # The main thread put CAP_DAC_OVERRIDE out of effect for itself; the
+    # switch lowered its effective set by capset, which changes the calling
+    # thread only.  Before the fix the worker's restore() ran that capset in
+    # the worker (lowering the worker's set) and verified the worker, while
+    # the kernel's fixup gave the main thread CAP_DAC_OVERRIDE back in effect.
+    code = RESTORE_ELSEWHERE.format(values=VALUES, setup="lower_effective(1 << 1)", worker="    pass")
+    out = run_json(code)
+    assert out["error"] is not None and out["error"].startswith("PrivilegeError: ")
+    assert f"only thread {out['tid']} can raise them again" in out["error"]
+    assert out["switched_after_worker"] and out["worker_uids"] == [0, 1000, 0]
+    assert out["main_same"]
+    assert out["worker_after"] == out["worker_before"]
+
+
+def test_restore_from_another_thread_with_a_permitted_set_of_its_own_is_verified_for_that_thread() -> None:
+    # Nothing needs capset here: the kernel's fixup puts every thread's sets
+    # back.  Before the fix the worker's restore() checked the worker against
+    # the main thread's sets and raised VerificationError on a sound restore.
+    code = RESTORE_ELSEWHERE.format(values=VALUES, setup="", worker="    drop_permitted(1 << 13)  # CAP_NET_RAW")
+    out = run_json(code)
+    assert out["error"] is None
+    assert not out["switched_after_worker"] and out["worker_uids"] == [0, 0, 0]
+    assert out["main_same"]
+    assert out["worker_after"] == out["worker_before"]
+    assert out["worker_before"]["CapPrm"] & 1 << 13 == 0

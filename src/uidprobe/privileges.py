@@ -811,17 +811,45 @@ class Switcher:
         if sw.back.succeeded:  # restored already; only the note was left to make
             self._state.active = None
             return
-        status = sw.back.attempt()
+        back = sw.back
+        if sw.owner and sw.owner != threading.get_native_id():
+            back = self._back_from_another_thread(sw)
+        status = back.attempt()
         if status == SwitchStatus.OK:
             self._state.active = None
+            if back is not sw.back:
+                _check_owner_restored(sw)
             return
-        result = sw.back.result(status)
+        result = back.result(status)
         why = _describe_failure(result)
         failed = result.failed_step
-        later = sw.back.steps[sw.back.steps.index(failed) + 1 :] if failed is not None else ()
+        later = back.steps[back.steps.index(failed) + 1 :] if failed is not None else ()
         for step in later:  # best effort, each on its own: one failure must not stop the rest
             SwitchPlan([(step, Expect())], [], self.engine).run()
         raise VerificationError(f"restoring failed: {why}; holding {_held(read_creds(engine=self.engine))}")
+
+    def _back_from_another_thread(self, sw: _Switch) -> SwitchPlan:
+        """The way back for ``restore()`` called from a thread other than
+        the one that switched (process scope).  The uid, gid and groups
+        calls change every thread, and where the switch left the capability
+        sets to the kernel's fixup it puts every thread's back too: then the
+        plan is the same, checking this thread's own sets (its permitted and
+        inheritable sets, in effect again; no ambient set: the switch
+        refused threads with one).  Where the switch moved the switching
+        thread's sets by capset, only that thread can move them back:
+        PrivilegeError, and the switch stays as it was."""
+        steps = _plan_back(self.mechanism, sw.start, self._groups_op)
+        if any(step.op in (Op.CAPS_SET, Op.AMBIENT_RAISE) for step, _ in steps):
+            raise PrivilegeError(
+                f"restore() was called from thread {threading.get_native_id()}, but the switch lowered the "
+                f"capability sets of thread {sw.owner} with capset, which changes the calling thread only: only "
+                f"thread {sw.owner} can raise them again, so call restore() there (still switched)"
+            )
+        mine = current_caps(self.engine)
+        if mine is not None:
+            sets = CapSets(mine.permitted, mine.permitted, mine.inheritable, 0)
+            steps[-1] = (steps[-1][0], replace(steps[-1][1], caps=sets))
+        return SwitchPlan(steps, [], self.engine)
 
     def _unwind(self) -> None:
         """Restore, whatever exceptions signal handlers raise meanwhile."""
@@ -915,6 +943,23 @@ class Switcher:
         _check_no_capabilities(engine)
         _check_every_thread(uid, gid, wanted)
         _check_cannot_regain(engine, attempts)
+
+
+def _check_owner_restored(sw: _Switch) -> None:
+    """After ``restore()`` from another thread: the switching thread must
+    hold its starting capability sets again (the kernel's fixup raised
+    them; /proc shows that thread's).  A thread that has exited holds
+    nothing."""
+    st, caps = threads.status(sw.owner), sw.start.caps
+    if st is None or caps is None:
+        return
+    held = {k: int(st.get(k, "0"), 16) for k in ("CapEff", "CapPrm", "CapAmb")}
+    if held != {"CapEff": caps.effective, "CapPrm": caps.permitted, "CapAmb": caps.ambient}:
+        raise VerificationError(
+            f"restore() from thread {threading.get_native_id()} put the ids back, but thread {sw.owner}, which "
+            f"switched, holds {held['CapEff']:#x} effective, {held['CapPrm']:#x} permitted, {held['CapAmb']:#x} "
+            f"ambient, not its starting {_sets(caps.sets)}"
+        )
 
 
 def _undo_drop(engine: Engine, mech: Mechanism, start: Identity) -> list[Step]:
