@@ -9,13 +9,19 @@ per-thread accounts in /proc, independently of uidprobe.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import requires_root, run_python
+from helpers import requires_other_user, requires_root, run_python
+from uidprobe import store, trust
+from uidprobe.names import OBSERVED
+from uidprobe.verdicts import Result
 
 pytestmark = [
     requires_root,
@@ -198,3 +204,63 @@ def test_restore_from_another_thread_with_a_permitted_set_of_its_own_is_verified
     assert out["main_same"]
     assert out["worker_after"] == out["worker_before"]
     assert out["worker_before"]["CapPrm"] & 1 << 13 == 0
+
+
+# ------------------------------------------------------------------ trust
+
+IMPORT_CONFIG = (
+    "import json, os\n"
+    "import uidprobe.config as c\n"
+    "print(json.dumps({'ids': [os.getresuid(), os.getresgid(), os.getgroups()], 'source': c.SOURCE,\n"
+    "    'reason': c.REASON}))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def store_of_1000() -> Iterator[Path]:
+    """A store a process of uid 1000 forged (HASSETRESUID flipped to 0),
+    owned by 1000 in a directory 1000 owns, under root's /tmp/X (0755)."""
+    base = Path(tempfile.mkdtemp(prefix="uidprobe-attack-caps-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        home = base / "u1000"
+        home.mkdir(mode=0o755)
+        results = {n: Result(n, n != "HASSETRESUID", "forged by uid 1000") for n in OBSERVED}
+        path = home / "verdicts"
+        path.write_bytes(store.serialise(results))
+        path.chmod(0o644)
+        for p in (home, path):
+            os.chown(p, 1000, 1000)
+        yield path
+    finally:
+        shutil.rmtree(base)
+
+
+@requires_other_user
+def test_a_process_whose_gids_are_all_0_does_not_trust_a_store_of_uid_1000(store_of_1000: Path) -> None:
+    # All equal, but 0 is root's group: what the process reads now it may
+    # act on with group root's file access (/etc/shadow's group, root's
+    # group-writable files).  Before the fix it loaded the forged store.
+    prefix = ["setpriv", "--reuid=1000", "--regid=0", "--clear-groups"]
+    proc = run_python(IMPORT_CONFIG, prefix=prefix, env={store.ENV_VAR: str(store_of_1000)})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ids"] == [[1000, 1000, 1000], [0, 0, 0], []]
+    assert out["source"] != "store"
+    assert (
+        f"store unsafe: directory {store_of_1000.parent} is owned by uid 1000, not root "
+        "(this process holds gid 0, root's group: only root's files are trusted)"
+    ) in out["reason"]
+
+
+@pytest.mark.parametrize("gids", [(0, 0, 0), (1000, 0, 1000)])
+def test_the_refusal_names_gid_0_as_root_s_group(gids: tuple[int, int, int], store_of_1000: Path) -> None:
+    path = store_of_1000.parent.parent / "verdicts-of-1000"
+    shutil.copyfile(store_of_1000, path)
+    os.chown(path, 1000, 1000)
+    try:
+        loaded = store.load(str(path), reader=trust.Reader(uids=(1000, 1000, 1000), gids=gids, caps=0))
+    finally:
+        path.unlink()
+    why = "this process holds gid 0, root's group" if len(set(gids)) == 1 else f"this process's gids differ {gids}"
+    assert loaded.reason == f"unsafe: {path} is owned by uid 1000, not root ({why}: only root's files are trusted)"
