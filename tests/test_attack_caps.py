@@ -264,3 +264,20 @@ def test_the_refusal_names_gid_0_as_root_s_group(gids: tuple[int, int, int], sto
         path.unlink()
     why = "this process holds gid 0, root's group" if len(set(gids)) == 1 else f"this process's gids differ {gids}"
     assert loaded.reason == f"unsafe: {path} is owned by uid 1000, not root ({why}: only root's files are trusted)"
+
+
+@requires_other_user
+def test_a_process_in_supplementary_group_0_does_not_trust_a_store_of_uid_1000(store_of_1000: Path) -> None:
+    # Supplementary groups grant file access like the gids: a member of
+    # group root holds what uid 1000 alone does not.  Before the fix only
+    # the three gids were looked at.
+    prefix = ["setpriv", "--reuid=1000", "--regid=1000", "--groups=0"]
+    proc = run_python(IMPORT_CONFIG, prefix=prefix, env={store.ENV_VAR: str(store_of_1000)})
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ids"] == [[1000, 1000, 1000], [1000, 1000, 1000], [0]]
+    assert out["source"] != "store"
+    assert (
+        f"store unsafe: directory {store_of_1000.parent} is owned by uid 1000, not root "
+        "(this process holds gid 0, root's group: only root's files are trusted)"
+    ) in out["reason"]
