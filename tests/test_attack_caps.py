@@ -281,3 +281,20 @@ def test_a_process_in_supplementary_group_0_does_not_trust_a_store_of_uid_1000(s
         f"store unsafe: directory {store_of_1000.parent} is owned by uid 1000, not root "
         "(this process holds gid 0, root's group: only root's files are trusted)"
     ) in out["reason"]
+
+
+# ------------------------------------------------------------ leftovers
+
+
+def test_a_group_listed_many_times_counts_once_toward_the_group_limit() -> None:
+    # 5,000 entries, two groups: before the fix the switch was refused as
+    # "5001 supplementary groups exceed the limit".
+    code = (
+        "import json, os\n"
+        "from uidprobe.privileges import Switcher\n"
+        f"with Switcher({VALUES!r}).as_user(1000, 1000, [1001] * 5000 + [1002]) as who:\n"
+        "    held = sorted(os.getgroups())\n"
+        "print(json.dumps({'reported': who.groups, 'held': held}))\n"
+    )
+    out = run_json(code)
+    assert out == {"reported": [1001, 1002], "held": [1001, 1002]}
