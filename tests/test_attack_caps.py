@@ -298,3 +298,36 @@ def test_a_group_listed_many_times_counts_once_toward_the_group_limit() -> None:
     )
     out = run_json(code)
     assert out == {"reported": [1001, 1002], "held": [1001, 1002]}
+
+
+def test_a_thread_that_kept_its_capabilities_through_a_permanent_drop_is_named_for_what_it_holds() -> None:
+    # PR_SET_KEEPCAPS is per thread: the worker's ids drop with the others
+    # and the kernel leaves its permitted set.  Before the fix the error
+    # blamed a C library that "changes one thread at a time", though every
+    # thread's ids had changed.
+    code = (
+        "import ctypes, json, threading\n"
+        "from uidprobe.privileges import Switcher, VerificationError\n"
+        "ready, stop = threading.Event(), threading.Event()\n"
+        "def worker():\n"
+        "    assert ctypes.CDLL(None).prctl(8, 1, 0, 0, 0) == 0  # PR_SET_KEEPCAPS, this thread only\n"
+        "    ready.set()\n"
+        "    stop.wait()\n"
+        "t = threading.Thread(target=worker)\n"
+        "t.start()\n"
+        "ready.wait()\n"
+        "try:\n"
+        f"    Switcher({VALUES!r}).drop_permanently(65534, 65534)\n"
+        "    error = None\n"
+        "except VerificationError as e:\n"
+        "    error = str(e)\n"
+        "stop.set()\n"
+        "t.join()\n"
+        "print(json.dumps({'tid': t.native_id, 'error': error}))\n"
+    )
+    out = run_json(code)
+    assert out["error"] == (
+        f"after the permanent drop, thread {out['tid']} holds the dropped ids (uids 65534, gids 65534, no groups) "
+        "but still holds capabilities (CapPrm=0x1fffeffffff CapEff=0x0 CapAmb=0x0): the kernel kept them for that "
+        "thread (PR_SET_KEEPCAPS or a securebit set in it); exit now"
+    )

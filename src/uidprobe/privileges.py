@@ -1036,11 +1036,19 @@ def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
         gids = [int(x) for x in status["Gid"].split()]
         held = {int(x) for x in status.get("Groups", "").split()}
         caps = [int(status[k], 16) for k in ("CapPrm", "CapEff", "CapAmb") if k in status]
-        if any(u != uid for u in uids) or any(g != gid for g in gids) or held != set(groups) or any(caps):
+        if any(u != uid for u in uids) or any(g != gid for g in gids) or held != set(groups):
             raise VerificationError(
                 f"after the permanent drop, thread {tid} still holds uids {uids}, gids {gids}, groups "
-                f"{sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: its C library changes one "
-                "thread at a time; exit now"
+                f"{sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: the drop's calls did not reach "
+                "that thread (its C library changes one thread at a time?); exit now"
+            )
+        if any(caps):
+            names = ("CapPrm", "CapEff", "CapAmb")
+            raise VerificationError(
+                f"after the permanent drop, thread {tid} holds the dropped ids (uids {uid}, gids {gid}, "
+                f"{'groups ' + ','.join(map(str, sorted(held))) if held else 'no groups'}) but still holds "
+                f"capabilities ({' '.join(f'{n}={c:#x}' for n, c in zip(names, caps))}): the kernel kept them for "
+                "that thread (PR_SET_KEEPCAPS or a securebit set in it); exit now"
             )
 
 
