@@ -48,9 +48,8 @@ wherever the starting sets are not what the kernel's fixup would give back
 lowers them with capset/prctl right after the uid call.  The permitted and
 inheritable sets are kept for the way back, which restores exactly the
 starting sets; every set is read back by capget and verified like the ids.
-``Identity.caps`` reports them.  In process scope under NO_SETUID_FIXUP the
-other threads' uids change but their effective sets stay (capset changes
-one thread): such a switch is undone and PrivilegeError raised.
+``Identity.caps`` reports them.  The other threads' sets are the kernel's
+to move (capset changes one thread): see threads and scope below.
 
 A permanent drop also leaves no capability behind: afterwards the permitted,
 effective and ambient sets must be empty and keepcaps off.  If they are not
@@ -63,6 +62,20 @@ C library's set*id wrappers (glibc's and musl's) change every thread of the
 process.  So with ``Switcher()`` (``scope="process"``, the default) a switch
 applies to all threads at once, another thread doing file I/O meanwhile does
 it with the switched identity, and the cost grows with the thread count.
+Only the calling thread is read back, and only its capability sets can be
+moved, so before every process-scope switch each other thread is checked
+in /proc (uidprobe.threads, whatever the securebits): one with other ids or
+groups, without CAP_SETUID and CAP_SETGID in effect (glibc aborts the
+process when one thread's call fails), or, for a switch to a user other
+than root, with its effective set below its permitted set or an ambient
+set, refuses the switch with PrivilegeError before anything changes.
+Afterwards no other thread may hold an effective or ambient capability
+(securebits are per thread, and /proc does not show them): the switch is
+undone and PrivilegeError raised.  ``restore()`` may be called from another
+thread where the kernel puts every thread's sets back itself (it then
+verifies its own and checks the switching thread's); where the switch moved
+the switching thread's sets by capset, only that thread can restore
+(PrivilegeError, still switched).
 
 ``Switcher(scope="thread")`` switches only the calling thread, with the raw
 setresuid/setresgid/setgroups system calls (Samba's "thread credentials"),
