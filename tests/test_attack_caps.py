@@ -331,3 +331,49 @@ def test_a_thread_that_kept_its_capabilities_through_a_permanent_drop_is_named_f
         "but still holds capabilities (CapPrm=0x1fffeffffff CapEff=0x0 CapAmb=0x0): the kernel kept them for that "
         "thread (PR_SET_KEEPCAPS or a securebit set in it); exit now"
     )
+
+
+# ------------------------------------------------- a cached plan, securebits changed since
+
+#: One switch (its plan is cached), then ``prctl(PR_SET_SECUREBITS, {bits})``,
+#: then the same switch again.
+SECUREBITS_CHANGED = """
+import ctypes, json
+from procinfo import status_caps
+from uidprobe.privileges import PrivilegeError, Switcher, VerificationError
+
+sw = Switcher({values!r})
+with sw.as_user(1000, 1000):
+    pass
+assert ctypes.CDLL(None).prctl(28, {bits}, 0, 0, 0) == 0  # PR_SET_SECUREBITS
+before = status_caps()
+inside = error = None
+try:
+    with sw.as_user(1000, 1000):
+        inside = status_caps()
+except (PrivilegeError, VerificationError) as e:
+    error = f"{{type(e).__name__}}: {{e}}"
+print(json.dumps({{"before": before, "inside": inside, "error": error, "after": status_caps()}}))
+"""
+
+
+def test_a_cached_plan_made_before_no_setuid_fixup_was_set_is_made_again_and_the_switch_works() -> None:
+    # Before the fix the cached plan expected the kernel's fixup to empty the
+    # effective set, the read-back saw it full, and the switch was rolled
+    # back with VerificationError: a sound switch refused.
+    out = run_json(SECUREBITS_CHANGED.format(values=VALUES, bits=1 << 2))
+    assert out["error"] is None
+    assert out["inside"]["CapEff"] == 0 and out["inside"]["CapPrm"] == out["before"]["CapPrm"] != 0
+    assert out["after"] == out["before"]
+
+
+def test_a_cached_plan_with_an_ambient_set_is_refused_once_no_cap_ambient_raise_is_set() -> None:
+    # The refusal a fresh plan makes (restore() could not raise the ambient
+    # set again).  Before the fix the cached plan skipped it: the switch put
+    # the ambient set away, restore() failed with EPERM and the process had
+    # lost CAP_SETUID and CAP_SETGID from its ambient set for good.
+    out = run_json(SECUREBITS_CHANGED.format(values=VALUES, bits=1 << 6), AMBIENT)
+    assert out["error"] is not None and out["error"].startswith("PrivilegeError: ")
+    assert "SECBIT_NO_CAP_AMBIENT_RAISE" in out["error"]
+    assert out["inside"] is None
+    assert out["after"] == out["before"] and out["before"]["CapAmb"] == 0xC0

@@ -408,6 +408,16 @@ def _fixup_moves_caps(c: Caps) -> bool:
     return not c.securebits & _SECBIT_NO_SETUID_FIXUP and c.effective == c.permitted and not c.ambient
 
 
+def _check_ambient_comes_back(c: Caps | None) -> None:
+    """A switch to a user puts the ambient set away; refuse it, before it
+    starts, where restore() could not raise it again."""
+    if c is not None and c.ambient and c.securebits & _SECBIT_NO_CAP_AMBIENT_RAISE:
+        raise PrivilegeError(
+            f"a switch puts the ambient capabilities ({c.ambient:#x}) away, and "
+            "SECBIT_NO_CAP_AMBIENT_RAISE would stop restore() from raising them again"
+        )
+
+
 def _cap_args(effective: int, permitted: int, inheritable: int) -> tuple[int, ...]:
     """A capset step's arguments: each set as (low 32 bits, high 32 bits)."""
     return tuple(part for v in (effective, permitted, inheritable) for part in (v & 0xFFFFFFFF, v >> 32))
@@ -672,6 +682,11 @@ class Switcher:
         self._state.active = None  # a switch restored but not yet noted: noted now
         key = (uid, gid, wanted)
         known = self._state.plans.get(key) if cached else None
+        if known is not None and uid != 0 and known.start.caps is not None and known.start.caps.ambient:
+            # The C call checks the sets a cached plan starts from, not the
+            # securebits; with an ambient set to put away they decide whether
+            # restore() can raise it again (rare: read them now).
+            _check_ambient_comes_back(current_caps(self.engine))
         if known is None:
             known = self._new_plan(uid, gid, wanted)
             self._keep(known)
@@ -692,11 +707,8 @@ class Switcher:
         start = current_identity(self.engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"becoming another user needs effective uid 0, not {start.uids[1]}")
-        if uid != 0 and start.caps and start.caps.ambient and start.caps.securebits & _SECBIT_NO_CAP_AMBIENT_RAISE:
-            raise PrivilegeError(
-                f"a switch puts the ambient capabilities ({start.caps.ambient:#x}) away, and "
-                "SECBIT_NO_CAP_AMBIENT_RAISE would stop restore() from raising them again"
-            )
+        if uid != 0:
+            _check_ambient_comes_back(start.caps)
         m = self.mechanism
         t = _Tracker(start, self._groups_op)
         t.groups_to(wanted)
@@ -739,7 +751,7 @@ class Switcher:
         self._state.active = sw
         status = sw.forward.attempt()
         _signals_land_here()
-        if status == SwitchStatus.NOT_AT_START:
+        if status == SwitchStatus.NOT_AT_START or (status == SwitchStatus.ROLLED_BACK and self._securebits_changed(sw)):
             try:
                 self._replan(sw)
             except BaseException:
@@ -779,6 +791,15 @@ class Switcher:
             )
         # Read back in full when the plan cannot say (switch results carry no securebits).
         return sw.reached or current_identity(self.engine)
+
+    def _securebits_changed(self, sw: _Switch) -> bool:
+        """After a switch was rolled back: were the securebits different
+        when its plan was made?  (The C call checks the identity a cached
+        plan starts from, but not the securebits, which decide what the
+        kernel does to the capability sets: set NO_SETUID_FIXUP since, and
+        the effective set a plan expected the kernel to empty stays.)"""
+        then, now = sw.start.caps, current_caps(self.engine)
+        return then is not None and now is not None and then.securebits != now.securebits
 
     def _check_other_threads(self, sw: _Switch) -> None:
         """Refuse a process-scope switch, before it starts, that some other
@@ -839,7 +860,7 @@ class Switcher:
         later = back.steps[back.steps.index(failed) + 1 :] if failed is not None else ()
         for step in later:  # best effort, each on its own: one failure must not stop the rest
             SwitchPlan([(step, Expect())], [], self.engine).run()
-        raise VerificationError(f"restoring failed: {why}; holding {_held(read_creds(engine=self.engine))}")
+        raise VerificationError(f"restoring failed: {why}; holding {_held(read_creds(caps=True, engine=self.engine))}")
 
     def _back_from_another_thread(self, sw: _Switch) -> SwitchPlan:
         """The way back for ``restore()`` called from a thread other than
