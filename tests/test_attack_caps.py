@@ -377,3 +377,33 @@ def test_a_cached_plan_with_an_ambient_set_is_refused_once_no_cap_ambient_raise_
     assert "SECBIT_NO_CAP_AMBIENT_RAISE" in out["error"]
     assert out["inside"] is None
     assert out["after"] == out["before"] and out["before"]["CapAmb"] == 0xC0
+
+
+def test_a_switch_whose_thread_exited_can_be_restored_from_another_thread() -> None:
+    # The worker lowered CAP_DAC_OVERRIDE out of its own effective set, so
+    # its switch lowered its sets by capset, then it ended without
+    # restoring.  Only that thread could raise its sets again, and it is
+    # gone: the main thread restores the ids, checked against its own sets.
+    # Before the fix restore() refused for ever ("only thread N can raise
+    # them again") and the process stayed uid 1000.
+    code = (
+        "import json, os, threading\n"
+        "from procinfo import lower_effective, status_caps\n"
+        "from uidprobe.privileges import Switcher\n"
+        f"sw = Switcher({VALUES!r})\n"
+        "before = [status_caps(), os.getresuid()]\n"
+        "def worker():\n"
+        "    lower_effective(1 << 1)\n"
+        "    sw.become(1000, 1000)\n"
+        "t = threading.Thread(target=worker)\n"
+        "t.start()\n"
+        "t.join()\n"
+        "while len(os.listdir('/proc/self/task')) > 1:  # the kernel's end of the thread follows join()\n"
+        "    pass\n"
+        "switched = [sw.switched, os.getresuid()]\n"
+        "sw.restore()\n"
+        "print(json.dumps({'switched': switched, 'restored': [status_caps(), os.getresuid()] == before}))\n"
+    )
+    out = run_json(code)
+    assert out["switched"] == [True, [0, 1000, 0]]
+    assert out["restored"]

@@ -75,7 +75,7 @@ undone and PrivilegeError raised.  ``restore()`` may be called from another
 thread where the kernel puts every thread's sets back itself (it then
 verifies its own and checks the switching thread's); where the switch moved
 the switching thread's sets by capset, only that thread can restore
-(PrivilegeError, still switched).
+(PrivilegeError, still switched) while it lives.
 
 ``Switcher(scope="thread")`` switches only the calling thread, with the raw
 setresuid/setresgid/setgroups system calls (Samba's "thread credentials"),
@@ -871,9 +871,15 @@ class Switcher:
         inheritable sets, in effect again; no ambient set: the switch
         refused threads with one).  Where the switch moved the switching
         thread's sets by capset, only that thread can move them back:
-        PrivilegeError, and the switch stays as it was."""
+        PrivilegeError, and the switch stays as it was (unless that thread
+        has ended, and its sets with it)."""
         steps = _plan_back(self.mechanism, sw.start, self._groups_op)
-        if any(step.op in (Op.CAPS_SET, Op.AMBIENT_RAISE) for step, _ in steps):
+        moved = [i for i, (step, _) in enumerate(steps) if step.op in (Op.CAPS_SET, Op.AMBIENT_RAISE)]
+        if moved and threads.status(sw.owner) is None:
+            # That thread has ended: its sets went with it, and the ids are
+            # the process's to put back.
+            steps = [s for i, s in enumerate(steps) if i not in moved]
+        elif moved:
             raise PrivilegeError(
                 f"restore() was called from thread {threading.get_native_id()}, but the switch lowered the "
                 f"capability sets of thread {sw.owner} with capset, which changes the calling thread only: only "
