@@ -407,3 +407,35 @@ def test_a_switch_whose_thread_exited_can_be_restored_from_another_thread() -> N
     out = run_json(code)
     assert out["switched"] == [True, [0, 1000, 0]]
     assert out["restored"]
+
+
+def test_a_permanent_drop_is_refused_before_it_starts_when_another_thread_could_not_make_the_call() -> None:
+    # Before the fix glibc aborted the process in the middle of the drop
+    # (SIGABRT): the call failed in the worker and succeeded in the others.
+    code = (
+        "import json, os, threading\n"
+        "from procinfo import identity, lower_effective\n"
+        "from uidprobe.privileges import PrivilegeError, Switcher\n"
+        "ready, stop = threading.Event(), threading.Event()\n"
+        "def worker():\n"
+        "    lower_effective(1 << 7)  # CAP_SETUID out of effect, in this thread\n"
+        "    ready.set()\n"
+        "    stop.wait()\n"
+        "t = threading.Thread(target=worker)\n"
+        "t.start()\n"
+        "ready.wait()\n"
+        "before = identity()\n"
+        "try:\n"
+        f"    Switcher({VALUES!r}).drop_permanently(65534, 65534)\n"
+        "    error = None\n"
+        "except PrivilegeError as e:\n"
+        "    error = str(e)\n"
+        "stop.set()\n"
+        "t.join()\n"
+        "print(json.dumps({'tid': t.native_id, 'error': error, 'unchanged': identity() == before}))\n"
+    )
+    out = run_json(code)
+    assert out["error"] is not None
+    assert out["error"].startswith("the drop was refused before it started (nothing was changed): ")
+    assert f"thread {out['tid']} lacks CAP_SETUID in its effective set" in out["error"]
+    assert out["unchanged"]

@@ -55,7 +55,10 @@ A permanent drop also leaves no capability behind: afterwards the permitted,
 effective and ambient sets must be empty and keepcaps off.  If they are not
 (``prctl(PR_SET_KEEPCAPS, 1)`` was set), they are cleared and
 VerificationError says so.  Then a forked child tries every way back to root,
-capset-then-setuid included, and any success raises.
+capset-then-setuid included, and any success raises.  Every other thread
+must hold the same ids and groups and CAP_SETUID and CAP_SETGID in effect
+before the drop (the C library makes its calls in every thread), or
+PrivilegeError refuses it before anything changes.
 
 Threads and scope: on Linux the kernel keeps credentials per thread, but the
 C library's set*id wrappers (glibc's and musl's) change every thread of the
@@ -964,6 +967,12 @@ class Switcher:
         start = current_identity(engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"dropping privileges needs effective uid 0, not {start.uids[1]}")
+        problem = not threads.alone() and threads.problem_before(uid, permanent=True)
+        if problem:
+            raise PrivilegeError(
+                f"the drop was refused before it started (nothing was changed): {problem}. The C library makes "
+                "the drop's calls in every thread"
+            )
         # A kept runner holds root: the dropped process must have no way to it.
         close_kept_runners()
         m = self.mechanism
