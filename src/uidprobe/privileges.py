@@ -104,7 +104,7 @@ from typing import Callable, Literal, Optional
 
 from uidprobe.accounts import Group, User, listed, needs_lookup, resolve
 from uidprobe.creds import Caps, CapSets, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
-from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, close_kept_runners, default_engine
+from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, default_engine
 from uidprobe.errors import InvalidTargetError, NoMechanismError, PrivilegeError, VerificationError
 from uidprobe.ids import IdTriple
 
@@ -901,8 +901,6 @@ class Switcher:
         start = current_identity(engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"dropping privileges needs effective uid 0, not {start.uids[1]}")
-        # A kept runner holds root: the dropped process must have no way to it.
-        close_kept_runners()
         m = self.mechanism
         t = _Tracker(start)
         t.groups_to(wanted)
@@ -916,7 +914,6 @@ class Switcher:
                 else f"holding {_held(result.now)}"
             )
             raise VerificationError(f"{_describe_failure(result)} (dropping with {m.uid}/{m.gid}); {where}")
-        close_kept_runners()  # again: one another thread started meanwhile holds root too
         _check_no_capabilities(engine)
         _check_every_thread(uid, gid, wanted)
         _check_cannot_regain(engine, attempts)
