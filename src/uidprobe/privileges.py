@@ -121,7 +121,7 @@ from typing import Callable, Literal, Optional
 from uidprobe import threads
 from uidprobe.accounts import Group, User, listed, needs_lookup, resolve
 from uidprobe.creds import Caps, CapSets, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
-from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, close_kept_runners, default_engine
+from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, default_engine
 from uidprobe.errors import InvalidTargetError, NoMechanismError, PrivilegeError, VerificationError
 from uidprobe.ids import IdTriple
 
@@ -973,8 +973,6 @@ class Switcher:
                 f"the drop was refused before it started (nothing was changed): {problem}. The C library makes "
                 "the drop's calls in every thread"
             )
-        # A kept runner holds root: the dropped process must have no way to it.
-        close_kept_runners()
         m = self.mechanism
         t = _Tracker(start)
         t.groups_to(wanted)
@@ -988,7 +986,6 @@ class Switcher:
                 else f"holding {_held(result.now)}"
             )
             raise VerificationError(f"{_describe_failure(result)} (dropping with {m.uid}/{m.gid}); {where}")
-        close_kept_runners()  # again: one another thread started meanwhile holds root too
         _check_no_capabilities(engine)
         _check_every_thread(uid, gid, wanted)
         _check_cannot_regain(engine, attempts)
