@@ -19,7 +19,9 @@
  *
  * stdin:  per request: struct up_batch_header, int counts[n],
  *         struct up_step steps[total]
- * stdout: serve: first a struct up_hello (this pid, its credentials, the
+ * stdout: one-shot: first the wire format's announcement, one line of text
+ *         (up_wire_abi in api.h), before reading anything;
+ *         serve: first a struct up_hello (this pid, its credentials, the
  *         proof requests must carry);
  *         per request: for each scenario, struct up_outcome then `nrecords`
  *         records
@@ -286,6 +288,15 @@ int main(int argc, char **argv)
     }
     if (argc != 1)
         return 1;
+    // Which wire format this build speaks, before anything is read: the
+    // caller sends nothing to a runner built for another ABI.
+    char line[UP_WIRE_ABI_MAX];
+    int n = up_wire_abi(line, (int)sizeof line - 1);
+    if (n < 0)
+        return 3;
+    line[n++] = '\n';
+    if (up_write_all(1, line, (size_t)n) != 0)
+        return 3;
     struct up_batch_header h;
     if (up_read_exact(0, &h, sizeof h, -1) != 0)
         return 1;

@@ -315,8 +315,8 @@ class Features:
     #: success for (False makes setup use setreuid/setregid)
     setresuid_works: bool = True
     setresgid_works: bool = True
-    #: the per-thread steps (Op.THREAD_*) were built: Linux with a system
-    #: call instruction uidprobe can use directly
+    #: the per-thread steps (Op.THREAD_*) were built: Linux, every
+    #: architecture (the raw system calls and the C library's clone())
     thread_ops: bool = False
 
     def has(self, op: Op) -> bool:
@@ -646,6 +646,8 @@ class Engine:
                     self._kept_lock.release()
             if rc is None:
                 rc = self._spawn(runner.encode(), *args, jobs)
+            if rc == lib.UP_RUNNER_FOREIGN:
+                raise EngineError(errno_mod.EPROTO, self.foreign_runner(runner))
             self._last_batch = time.monotonic()
             if rc != 0 and via is Transport.AUTO:
                 runner = None  # fall back: fork from this process
@@ -682,7 +684,30 @@ class Engine:
             t.start()
         for t in threads:
             t.join()
+        if lib.UP_RUNNER_FOREIGN in codes:
+            return int(lib.UP_RUNNER_FOREIGN)
         return 0 if all(c == 0 for c in codes) else -1
+
+    @property
+    def wire_abi(self) -> str:
+        """The wire format this engine speaks, as its runner announces it:
+        ``uidprobe-wire/1 64 little header=16 step=72 record=352 outcome=56``
+        (version, word size, byte order, every wire struct's size)."""
+        buf = self.ffi.new("char[]", int(self.lib.UP_WIRE_ABI_MAX))
+        self.lib.up_wire_abi(buf, len(buf))
+        return str(self.ffi.string(buf).decode())
+
+    def foreign_runner(self, runner: str) -> str:
+        """One line naming both sides of a refused runner: what it announces
+        (asked again, with no request) and what this engine speaks."""
+        ffi, lib = self.ffi, self.lib
+        buf = ffi.new("char[]", int(lib.UP_WIRE_ABI_MAX))
+        err = lib.up_runner_abi(runner.encode(), buf, len(buf), 2000)
+        theirs = repr(ffi.string(buf).decode(errors="replace")) if err == 0 else f"nothing ({os.strerror(err)})"
+        return (
+            f"runner {runner} speaks {theirs}, this engine {self.wire_abi!r}: refused, nothing was run "
+            "(a runner built for another architecture or ABI cannot serve this engine)"
+        )
 
     def _pack_steps(self, scenarios: Sequence[Sequence[Step]]) -> bytearray:
         """Every scenario's steps, back to back, as C ``struct up_step``s."""
