@@ -66,6 +66,7 @@
 #define UP_HAVE_SETRESGID 8
 #define UP_HAVE_THREAD_OPS 16     // the UP_OP_THREAD_* steps exist (Linux: raw system calls and clone)
 #define UP_FAULT_THREAD_BROADCAST 32 // test build: thread set calls also change the sibling
+#define UP_HAVE_RAW_SYSCALLS 64   // the kernel read-back is the system call instruction itself (rawsys.h), not syscall()
 
 struct up_step {
     int op;

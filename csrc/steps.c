@@ -757,5 +757,8 @@ int up_features(void)
 #ifdef UP_FAULT_THREAD_BROADCAST_BUILD
     f |= UP_FAULT_THREAD_BROADCAST;
 #endif
+#if defined(__linux__) && UP_RAW_SYSCALLS
+    f |= UP_HAVE_RAW_SYSCALLS;
+#endif
     return f;
 }

@@ -318,6 +318,10 @@ class Features:
     #: the per-thread steps (Op.THREAD_*) were built: Linux, every
     #: architecture (the raw system calls and the C library's clone())
     thread_ops: bool = False
+    #: the kernel read-back is made with the system call instruction itself
+    #: (x86_64, aarch64, i386, s390x), so no preload can answer in the
+    #: kernel's place; elsewhere it goes through syscall(), which one can
+    raw_syscalls: bool = False
 
     def has(self, op: Op) -> bool:
         """Does this C library provide ``op`` (the calls that may be missing)?"""
@@ -525,6 +529,7 @@ class Engine:
             getresgid=bool(f & lib.UP_HAVE_GETRESGID),
             setresgid=bool(f & lib.UP_HAVE_SETRESGID),
             thread_ops=bool(f & lib.UP_HAVE_THREAD_OPS),
+            raw_syscalls=bool(f & lib.UP_HAVE_RAW_SYSCALLS),
         )
         self._learned: dict[tuple[int | None, int | None], Features] = {}
         self._decoder = _RecordDecoder(self.ffi, self.lib)

@@ -971,10 +971,14 @@ def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
     """Every thread of the process must have dropped too: ids, groups and
     capability sets.
 
-    glibc's and musl's set*id wrappers change every thread; a C library (or
-    preload) whose calls change only the calling thread would leave the
-    others root.  The kernel's per-thread accounts in /proc say.  Without
-    /proc only a single-threaded process can be vouched for.
+    glibc's and musl's set*id wrappers change every thread they know of; a
+    C library (or preload) whose calls change only the calling thread would
+    leave the others root, and so do threads no C library knows of: under
+    qemu-user every process has a helper thread of the emulator's own, which
+    keeps uid 0 and every capability.  The kernel's per-thread accounts in
+    /proc say; the refusal names the thread (id and name) that kept
+    privilege.  Without /proc only a single-threaded process can be vouched
+    for.
     """
     try:
         tids = os.listdir("/proc/self/task")
@@ -997,10 +1001,11 @@ def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
         held = {int(x) for x in status.get("Groups", "").split()}
         caps = [int(status[k], 16) for k in ("CapPrm", "CapEff", "CapAmb") if k in status]
         if any(u != uid for u in uids) or any(g != gid for g in gids) or held != set(groups) or any(caps):
+            name = status.get("Name", "").strip()
             raise VerificationError(
-                f"after the permanent drop, thread {tid} still holds uids {uids}, gids {gids}, groups "
-                f"{sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: its C library changes one "
-                "thread at a time; exit now"
+                f"after the permanent drop, thread {tid} ({name!r}) still holds uids {uids}, gids {gids}, groups "
+                f"{sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: the set*id calls did not reach "
+                "that thread; exit now"
             )
 
 
