@@ -702,16 +702,23 @@ class Engine:
         self.lib.up_wire_abi(buf, len(buf))
         return str(self.ffi.string(buf).decode())
 
+    def runner_wire(self, runner: str) -> str | None:
+        """What the runner program ``runner`` announces (started with no
+        request, it then exits), or None when it announces nothing."""
+        ffi = self.ffi
+        buf = ffi.new("char[]", int(self.lib.UP_WIRE_ABI_MAX))
+        if self.lib.up_runner_abi(runner.encode(), buf, len(buf), 2000) != 0:
+            return None
+        return str(ffi.string(buf).decode(errors="replace"))
+
     def foreign_runner(self, runner: str) -> str:
         """One line naming both sides of a refused runner: what it announces
-        (asked again, with no request) and what this engine speaks."""
-        ffi, lib = self.ffi, self.lib
-        buf = ffi.new("char[]", int(lib.UP_WIRE_ABI_MAX))
-        err = lib.up_runner_abi(runner.encode(), buf, len(buf), 2000)
-        theirs = repr(ffi.string(buf).decode(errors="replace")) if err == 0 else f"nothing ({os.strerror(err)})"
+        (asked again) and what this engine speaks."""
+        theirs = self.runner_wire(runner)
         return (
-            f"runner {runner} speaks {theirs}, this engine {self.wire_abi!r}: refused, nothing was run "
-            "(a runner built for another architecture or ABI cannot serve this engine)"
+            f"runner {runner} speaks {'nothing' if theirs is None else repr(theirs)}, this engine "
+            f"{self.wire_abi!r}: refused, nothing was run (a runner built for another architecture or ABI "
+            "cannot serve this engine)"
         )
 
     def _pack_steps(self, scenarios: Sequence[Sequence[Step]]) -> bytearray:
