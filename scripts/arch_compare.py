@@ -7,13 +7,14 @@
 ``measure`` runs, with whatever ``uidprobe`` this Python imports: every
 probe (verdict and reason), then the uid and the gid transition models
 (2,376 transitions each) over ids above 65535 (70000, 70001), so that
-16-bit id calls would show; and writes them as JSON with the engine's wire
-format and how long each part took.  ``--runner`` forks the children from
+16-bit id calls would show, and what a verified switch costs; and writes
+them as JSON with the engine's wire format and how long each part took.  ``--runner`` forks the children from
 that runner program (e.g. a cross-built one under qemu-user), never from
 this process; ``--fork`` from this process, never from a runner.
 
 ``compare`` prints every verdict, reason or transition that differs between
-two such files, and exits 1 if any does (0 otherwise).  ``.ci/arch`` measures
+two such files, and exits 1 if any does (0 otherwise); and the second
+one's switch cost (``as_user`` and restore, against a bare setresuid pair).  ``.ci/arch`` measures
 on x86_64 and on each other architecture, and compares.
 """
 
@@ -52,9 +53,50 @@ def measure(out: str, runner: str | None, fork: bool, label: str | None) -> None
         took[f"{family} model"] = time.monotonic() - started
         doc["models"][family] = m.to_json()
     doc["seconds"] = {k: round(v, 2) for k, v in took.items()}
+    doc["switch_us"] = switch_cost({name: r.value for name, r in results.items()})
     with open(out, "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True)
     print(f"{doc['machine']} ({doc['wire']}, via {via}): " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
+
+
+def switch_cost(values: dict[str, Any], n: int = 400) -> dict[str, float]:
+    """Microseconds per verified ``as_user(1000, 1000)`` and restore in
+    each scope this machine supports, and per bare ``os.setresuid`` pair
+    (the median of five runs of ``n``).  Under qemu-user these are the
+    emulator's figures, not the architecture's."""
+    import os
+    import statistics
+
+    from uidprobe.errors import NoMechanismError
+    from uidprobe.privileges import Switcher
+
+    def per_call(step: Any) -> float:
+        runs = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(n):
+                step()
+            runs.append((time.perf_counter() - started) / n * 1e6)
+        return round(statistics.median(runs), 1)
+
+    def bare() -> None:
+        os.setresuid(-1, 1000, -1)
+        os.setresuid(-1, 0, -1)
+
+    out = {"bare setresuid pair": per_call(bare)}
+    for scope in ("process", "thread"):
+        try:
+            sw = Switcher(values, scope=scope)  # type: ignore[arg-type]
+        except NoMechanismError:
+            continue
+
+        def switch(sw: Switcher = sw) -> None:
+            with sw.as_user(1000, 1000):
+                pass
+
+        switch()  # plans cached, engine loaded
+        out[f"as_user + restore, {scope} scope"] = per_call(switch)
+    return out
 
 
 def compare(a_path: str, b_path: str) -> int:
@@ -83,6 +125,7 @@ def compare(a_path: str, b_path: str) -> int:
         f"{b['machine']} ({b['wire']}) against {a['machine']}: {len(lines)} difference(s); "
         f"{observed} of {len(b['verdicts'])} verdicts yes; {sizes}"
     )
+    print(f"{b['machine']} switch cost: " + ", ".join(f"{k} {v} us" for k, v in b["switch_us"].items()))
     return 1 if lines else 0
 
 
