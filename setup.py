@@ -35,7 +35,7 @@ class BuildExtWithRunner(build_ext):
                 macros=build["detect_macros"](build["hidden_from_env"]()),
                 include_dirs=["csrc"],
             )
-            self.compiler.link_executable(objects, "_runner", output_dir=target_dir)
+            self.compiler.link_executable(objects, "_runner", output_dir=target_dir, extra_postargs=build["LINK_ARGS"])
         except Exception as e:  # a missing runner only costs speed
             self.warn(f"uidprobe: runner not built ({e}); probes will fork from the caller")
 

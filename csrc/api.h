@@ -184,7 +184,8 @@ int up_switch(const struct up_step *steps, const struct up_expect *expect, int n
 
 // up_run_batch() in a separate small process: posix_spawn `runner` (its
 // cost does not grow with the caller's memory, unlike fork), send it the
-// steps, read back the outcomes and records (wire.c).  Same layout of
+// steps, read back the outcomes and records (wire.c).  The runner serves
+// this one batch and ends with it (or with this process).  Same layout of
 // `records` and `outcomes` as up_run_batch(), including outcomes[i].error
 // for a scenario whose child the runner could not fork.  Returns 0 when
 // every outcome was received; -1 with every outcome not received saying
@@ -215,71 +216,5 @@ int up_wire_abi(char *buf, int len);
 // announcing; ETIMEDOUT; EPROTO: not one line).  For saying which wire
 // format a refused runner speaks.
 int up_runner_abi(const char *runner, char *buf, int len, int timeout_ms);
-
-// ----------------------------------------------------- a runner kept for reuse
-//
-// Starting the runner costs more than the probes it forks, so a caller that
-// probes repeatedly keeps one (wire.c).  It is started detached (the caller
-// reaps the first process at once; the one that serves is not the caller's
-// child, so an application's wait() never meets it), and it ends by itself:
-// on EOF (the caller closed its end, exec'd or died) or after `idle_ms`
-// without a request.  It holds the credentials the calling thread had when it
-// started, so it is used only while the thread's context is unchanged; and
-// while they include CAP_SETUID or CAP_SETGID it answers only requests whose
-// sender proves, through kernel-checked credentials, that it holds them too
-// (up_hello.proof in engine.h).
-
-// Everything about the calling thread that decides what its probe children
-// could do: credentials, no_new_privs, seccomp, the user namespace.
-struct up_context {
-    struct up_creds creds;       // with capabilities (UP_READ_CAPS)
-    int no_new_privs;
-    int seccomp;
-    unsigned long long userns_dev, userns_ino; // 0 where /proc does not tell
-};
-
-struct up_runner {
-    int pid;                     // the serving process (not this process's child)
-    int to, from;                // requests, replies (FD_CLOEXEC); -1 when closed
-    int pidfd;                   // kills it if it stops answering; -1 where unsupported
-    int owner;                   // getpid() of the process that started it
-    unsigned int proof;          // the uid/gid each request claims (see engine.h up_hello); 0 none
-    struct up_context ctx;       // the starting thread's context
-};
-
-// A runner failed before sending any byte of its reply (it had ended: idle,
-// killed): nothing was run on this request, so asking a new one is safe.
-#define UP_RUNNER_GONE 1
-// The kernel refused this thread the claim the runner demands (it lacks
-// CAP_SETUID/CAP_SETGID, or the id is not mapped in its user namespace):
-// nothing was sent.  Use a runner per batch instead.
-#define UP_RUNNER_UNPROVEN 2
-
-// Read the calling thread's context (zeroed first, so two reads compare
-// with memcmp).
-void up_read_context(struct up_context *c);
-
-// Start `path` as a kept runner.  0, or an errno (r is then unusable):
-// ECHILD this process is a reaper, ENOEXEC the program cannot serve, EPERM
-// this thread cannot prove its privilege (lacks CAP_SETUID/CAP_SETGID),
-// EAGAIN its identity changed while the runner started.
-int up_runner_start(const char *path, int idle_ms, struct up_runner *r);
-
-// 1 when this process started `r`, it is open, and the calling thread's
-// context is the one it was started with; else 0 (close it, start another).
-int up_runner_fits(const struct up_runner *r);
-
-// up_spawn_batch() through a kept runner.  0; UP_RUNNER_GONE;
-// UP_RUNNER_UNPROVEN; or -1 with outcomes[0].error set (the runner failed
-// mid-reply or stopped answering: it is killed where a pidfd allows).
-// After any non-zero return close it.
-int up_runner_batch(struct up_runner *r,
-                    const struct up_step *steps, const int *counts, int nscenarios,
-                    struct up_record *records, struct up_outcome *outcomes,
-                    int timeout_ms);
-
-// Close this process's ends (the runner sees EOF and exits).  In a forked
-// child (owner != getpid()) only the inherited descriptors are closed.
-void up_runner_close(struct up_runner *r);
 
 #endif

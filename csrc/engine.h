@@ -48,23 +48,6 @@ struct up_batch_header {
     int timeout_ms;
 };
 
-// A kept runner's first words (runner.c serve()): who it is, the
-// credentials it holds (the caller checks they are the ones it meant to
-// start it with), and the proof every request must carry.
-struct up_hello {
-    int magic;
-    int pid;
-    // Nonzero: every byte of a request must come with SCM_CREDENTIALS
-    // claiming uid = gid = proof, an id that is none of the sender's own.
-    // The kernel lets a sender claim that only while it holds CAP_SETUID
-    // and CAP_SETGID (in a namespace where the id is mapped): a process
-    // that dropped them, however, cannot have this privileged runner work
-    // for it, even with the descriptor in hand.  0: the runner holds
-    // neither capability, and asks for nothing.
-    unsigned int proof;
-    struct up_creds creds;
-};
-
 // I/O helpers shared with the runner: write all of buf, and read exactly
 // len bytes (timeout_ms < 0: no deadline).  Both retry EINTR and short
 // transfers; -1 with errno on failure or EOF.
@@ -77,8 +60,8 @@ int up_read_exact(int fd, void *buf, size_t len, int timeout_ms);
 
 // ------------------------------------------------------------ spawn.c
 
-// How long a kept runner's answer may take beyond its children's deadlines
-// (the caller then kills it and forks the batch itself).
+// How long the runner's answer may take beyond its children's deadlines
+// (the caller then kills it).
 #define UP_RUNNER_SLACK_MS 1000
 // The longest a batch's children can take: each window of UP_WINDOW runs
 // concurrently, its children killed at their own deadlines.
@@ -88,9 +71,19 @@ long long up_batch_budget_ms(int nscenarios, int timeout_ms);
 long long up_now_ms(void);
 // pipe() with FD_CLOEXEC on both ends.
 int up_pipe_cloexec(int fds[2]);
-// Keep up_run_batch()'s shared record mapping between batches (the runner
+// Keep up_run_batch()'s shared record mapping between calls (the runner
 // only: see spawn.c).
 void up_keep_shared(void);
+// Close every descriptor from lo to hi (hi < 0: every one from lo up);
+// `limit` bounds the loop where close_range is missing (up_fd_limit(),
+// read before fork: sysconf is not async-signal-safe).  Async-signal-safe.
+void up_close_fds(int lo, int hi, int limit);
+int up_fd_limit(void);
+// PR_SET_PDEATHSIG(SIGKILL), then check that the parent is still `parent`
+// (it may have died first).  0, or -1: end now.  Async-signal-safe.
+int up_die_with_parent(int parent);
+// A probe child's exit status when its parent had died.
+#define UP_ORPHAN_EXIT 126
 // Record a parent-side failure in `out`.
 void up_fail(struct up_outcome *out, const char *call, int err);
 

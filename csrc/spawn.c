@@ -30,6 +30,10 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#endif
 
 // How long the parent sleeps in poll() before checking with waitpid() which
 // children are gone.  EOF on the pipe (every child has exited) is the normal
@@ -77,6 +81,35 @@ static void close_once(int fd)
     (void)close(fd);
 }
 
+int up_fd_limit(void)
+{
+    long n = sysconf(_SC_OPEN_MAX);
+    return n > 0 && n < 0x7fffffff ? (int)n : 0x10000;
+}
+
+void up_close_fds(int lo, int hi, int limit)
+{
+    if (hi >= 0 && hi < lo)
+        return;
+#if defined(__linux__) && defined(SYS_close_range)
+    if (syscall(SYS_close_range, (unsigned)lo, hi < 0 ? ~0U : (unsigned)hi, 0) == 0)
+        return;
+#endif
+    // No close_range (Linux before 5.9, other systems): one close per number.
+    for (int fd = lo; fd <= (hi < 0 ? limit - 1 : hi); fd++)
+        (void)close(fd);
+}
+
+int up_die_with_parent(int parent)
+{
+#ifdef __linux__
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+        return -1;
+#endif
+    // The parent may have died before the setting took: then it never fires.
+    return getppid() == parent ? 0 : -1;
+}
+
 // ---------------------------------------------------------------- child side
 
 // Records live in a MAP_SHARED anonymous mapping: the child stores them with
@@ -97,10 +130,34 @@ static void clear_record(struct up_record *r)
         p[i] = 0;
 }
 
-// The whole life of the child.  Never returns.  Its only link to the parent
-// besides `sh` is the pipe's write end, which closes when it exits.
-__attribute__((noreturn)) static void child_main(const struct up_step *steps, int nsteps, struct up_shared *sh)
+// What a child is given besides its steps and record area.
+struct child_ctx {
+    int parent;   // the forking process's pid
+    int keep_fd;  // the pipe's write end: closed when the child exits
+    int fd_limit; // where closing stops without close_range (read before fork)
+};
+
+// The child dies with its parent, or ends now if the parent is gone.
+static void die_with_parent(const struct child_ctx *c)
 {
+    if (up_die_with_parent(c->parent) != 0)
+        _exit(UP_ORPHAN_EXIT);
+}
+
+// The whole life of the child.  Never returns.  Its only link to the parent
+// besides `sh` is the pipe's write end, which closes when it exits; every
+// other descriptor (the caller's, the runner's stdin and stdout) is closed.
+//
+// A change of effective or filesystem ids or of capabilities clears
+// PR_SET_PDEATHSIG, so it is set again after every step (prctl is a plain
+// system call): a child outlives its parent by one step at most, and the
+// supervisor above (a subreaper) catches that one.
+__attribute__((noreturn)) static void child_main(const struct up_step *steps, int nsteps, struct up_shared *sh,
+                                                 const struct child_ctx *c)
+{
+    die_with_parent(c);
+    up_close_fds(0, c->keep_fd - 1, c->fd_limit);
+    up_close_fds(c->keep_fd + 1, -1, c->fd_limit);
     for (int i = 0; i < nsteps; i++) {
         struct up_record *rec = &sh->records[i];
         clear_record(rec);
@@ -112,6 +169,7 @@ __attribute__((noreturn)) static void child_main(const struct up_step *steps, in
         up_read_record(rec);
         __sync_synchronize();
         sh->count = i + 1;
+        die_with_parent(c);
     }
     __sync_synchronize();
     sh->completed = 1;
@@ -294,6 +352,7 @@ static void run_window(struct up_shared *sh, const struct up_step *steps, const 
     struct window w = {.n = n, .out = out};
     int fds[2];
     sigset_t all, old;
+    struct child_ctx c = {.parent = (int)getpid(), .fd_limit = up_fd_limit()};
 
     if (up_pipe_cloexec(fds) != 0) {
         int e = errno;
@@ -301,6 +360,7 @@ static void run_window(struct up_shared *sh, const struct up_step *steps, const 
             up_fail(&out[i], "pipe", e);
         return;
     }
+    c.keep_fd = fds[1];
     // The children must never run a signal handler of the caller's
     // (Python's handler writes to the application's wakeup fd).  Fork with
     // every signal blocked and leave them blocked in the children; SIGKILL
@@ -313,8 +373,7 @@ static void run_window(struct up_shared *sh, const struct up_step *steps, const 
         sh[i].completed = 0;
         pid_t pid = fork_when_room(&w, i);
         if (pid == 0) {
-            close_once(fds[0]);
-            child_main(s, counts[i], &sh[i]);
+            child_main(s, counts[i], &sh[i], &c);
         }
         w.pid[i] = pid;
         w.live[i] = pid > 0;
@@ -343,34 +402,34 @@ static void copy_records(const struct up_shared *sh, int nsteps, struct up_recor
     out->completed = sh->completed && n == nsteps;
 }
 
-// The runner keeps its record mapping from batch to batch (up_keep_shared):
-// mapping and unmapping it, and the children faulting in fresh zeroed pages,
-// cost a tenth of a small batch.  Every child that could write to it is
+// The runner reuses its record mapping from chunk to chunk of its batch
+// (up_keep_shared): mapping and unmapping it, and the children faulting in
+// fresh zeroed pages, cost a tenth of a small chunk.  Every child that could write to it is
 // reaped before up_run_batch() returns, so reuse is safe.  Never in the
 // caller's process: its own later fork()s would inherit the mapping.
 static struct {
     int enabled;
     struct up_shared *area;
     size_t size;
-} kept;
+} reused;
 
 void up_keep_shared(void)
 {
-    kept.enabled = 1;
+    reused.enabled = 1;
 }
 
 static struct up_shared *shared_area(size_t size)
 {
-    if (kept.enabled && kept.area != NULL && kept.size >= size)
-        return kept.area;
-    if (kept.enabled)
+    if (reused.enabled && reused.area != NULL && reused.size >= size)
+        return reused.area;
+    if (reused.enabled)
         size = (size_t)UP_WINDOW * sizeof(struct up_shared); // map the largest once
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
-    if (kept.enabled) {
-        kept.area = p;
-        kept.size = size;
+    if (reused.enabled) {
+        reused.area = p;
+        reused.size = size;
     }
     return p;
 }
@@ -411,7 +470,7 @@ int up_run_batch(const struct up_step *steps, const int *counts, int nscenarios,
             s += counts[done + i];
         }
     }
-    if (sh != kept.area)
+    if (sh != reused.area)
         munmap(sh, size);
     return rc;
 }

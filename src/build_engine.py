@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import sysconfig
 import tempfile
 
@@ -32,6 +33,10 @@ OPTIONAL_FUNCS = {
 ENGINE_SOURCES = ("spawn.c", "wire.c", "steps.c")
 #: The headers they include: rebuild when one changes, ship them in the sdist.
 ENGINE_HEADERS = ("api.h", "engine.h", "rawsys.h")
+
+#: Bind every symbol at load time: a forked probe child must never run the
+#: dynamic linker's lazy binding (it takes locks and may allocate).
+LINK_ARGS = ["-Wl,-z,now"] if sys.platform.startswith("linux") else []
 
 _DEFINE = re.compile(r"^#define\s+(\w+)\s+.*$", re.MULTILINE)
 _GUARD = re.compile(r"^#(?:ifndef|endif|include)\b.*$|^#define\s+\w+_H\s*$", re.MULTILINE)
@@ -97,6 +102,7 @@ def make_builder(
         include_dirs=[csrc],
         depends=[os.path.join(csrc, name) for name in ENGINE_HEADERS],
         define_macros=[*detect_macros(hidden), *extra_macros],
+        extra_link_args=LINK_ARGS,
     )
     return builder
 

@@ -70,7 +70,7 @@ def runner_for(cross_runners: dict[str, Path], arch: str) -> Path:
 def test_the_runner_announces_its_wire_format_before_it_reads_anything() -> None:
     engine = default_engine()
     assert engine.runner is not None
-    with subprocess.Popen([engine.runner], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as p:
+    with subprocess.Popen([engine.runner, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE) as p:
         assert p.stdout is not None and p.stdin is not None
         line = p.stdout.readline().decode()  # stdin still open: it has read nothing yet
         p.stdin.close()

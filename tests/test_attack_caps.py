@@ -332,3 +332,111 @@ def test_a_thread_that_kept_its_capabilities_through_a_permanent_drop_is_named_f
         "(uids 65534, gids 65534, no groups) but still holds capabilities (CapPrm=0x1fffeffffff CapEff=0x0 "
         "CapAmb=0x0): the kernel kept them for that thread (PR_SET_KEEPCAPS or a securebit set in it); exit now"
     )
+
+
+# ------------------------------------------------- a cached plan, securebits changed since
+
+#: One switch (its plan is cached), then ``prctl(PR_SET_SECUREBITS, {bits})``,
+#: then the same switch again.
+SECUREBITS_CHANGED = """
+import ctypes, json
+from procinfo import status_caps
+from uidprobe.privileges import PrivilegeError, Switcher, VerificationError
+
+sw = Switcher({values!r})
+with sw.as_user(1000, 1000):
+    pass
+assert ctypes.CDLL(None).prctl(28, {bits}, 0, 0, 0) == 0  # PR_SET_SECUREBITS
+before = status_caps()
+inside = error = None
+try:
+    with sw.as_user(1000, 1000):
+        inside = status_caps()
+except (PrivilegeError, VerificationError) as e:
+    error = f"{{type(e).__name__}}: {{e}}"
+print(json.dumps({{"before": before, "inside": inside, "error": error, "after": status_caps()}}))
+"""
+
+
+def test_a_cached_plan_made_before_no_setuid_fixup_was_set_is_made_again_and_the_switch_works() -> None:
+    # Before the fix the cached plan expected the kernel's fixup to empty the
+    # effective set, the read-back saw it full, and the switch was rolled
+    # back with VerificationError: a sound switch refused.
+    out = run_json(SECUREBITS_CHANGED.format(values=VALUES, bits=1 << 2))
+    assert out["error"] is None
+    assert out["inside"]["CapEff"] == 0 and out["inside"]["CapPrm"] == out["before"]["CapPrm"] != 0
+    assert out["after"] == out["before"]
+
+
+def test_a_cached_plan_with_an_ambient_set_is_refused_once_no_cap_ambient_raise_is_set() -> None:
+    # The refusal a fresh plan makes (restore() could not raise the ambient
+    # set again).  Before the fix the cached plan skipped it: the switch put
+    # the ambient set away, restore() failed with EPERM and the process had
+    # lost CAP_SETUID and CAP_SETGID from its ambient set for good.
+    out = run_json(SECUREBITS_CHANGED.format(values=VALUES, bits=1 << 6), AMBIENT)
+    assert out["error"] is not None and out["error"].startswith("PrivilegeError: ")
+    assert "SECBIT_NO_CAP_AMBIENT_RAISE" in out["error"]
+    assert out["inside"] is None
+    assert out["after"] == out["before"] and out["before"]["CapAmb"] == 0xC0
+
+
+def test_a_switch_whose_thread_exited_can_be_restored_from_another_thread() -> None:
+    # The worker lowered CAP_DAC_OVERRIDE out of its own effective set, so
+    # its switch lowered its sets by capset, then it ended without
+    # restoring.  Only that thread could raise its sets again, and it is
+    # gone: the main thread restores the ids, checked against its own sets.
+    # Before the fix restore() refused for ever ("only thread N can raise
+    # them again") and the process stayed uid 1000.
+    code = (
+        "import json, os, threading\n"
+        "from procinfo import lower_effective, status_caps\n"
+        "from uidprobe.privileges import Switcher\n"
+        f"sw = Switcher({VALUES!r})\n"
+        "before = [status_caps(), os.getresuid()]\n"
+        "def worker():\n"
+        "    lower_effective(1 << 1)\n"
+        "    sw.become(1000, 1000)\n"
+        "t = threading.Thread(target=worker)\n"
+        "t.start()\n"
+        "t.join()\n"
+        "while len(os.listdir('/proc/self/task')) > 1:  # the kernel's end of the thread follows join()\n"
+        "    pass\n"
+        "switched = [sw.switched, os.getresuid()]\n"
+        "sw.restore()\n"
+        "print(json.dumps({'switched': switched, 'restored': [status_caps(), os.getresuid()] == before}))\n"
+    )
+    out = run_json(code)
+    assert out["switched"] == [True, [0, 1000, 0]]
+    assert out["restored"]
+
+
+def test_a_permanent_drop_is_refused_before_it_starts_when_another_thread_could_not_make_the_call() -> None:
+    # Before the fix glibc aborted the process in the middle of the drop
+    # (SIGABRT): the call failed in the worker and succeeded in the others.
+    code = (
+        "import json, os, threading\n"
+        "from procinfo import identity, lower_effective\n"
+        "from uidprobe.privileges import PrivilegeError, Switcher\n"
+        "ready, stop = threading.Event(), threading.Event()\n"
+        "def worker():\n"
+        "    lower_effective(1 << 7)  # CAP_SETUID out of effect, in this thread\n"
+        "    ready.set()\n"
+        "    stop.wait()\n"
+        "t = threading.Thread(target=worker)\n"
+        "t.start()\n"
+        "ready.wait()\n"
+        "before = identity()\n"
+        "try:\n"
+        f"    Switcher({VALUES!r}).drop_permanently(65534, 65534)\n"
+        "    error = None\n"
+        "except PrivilegeError as e:\n"
+        "    error = str(e)\n"
+        "stop.set()\n"
+        "t.join()\n"
+        "print(json.dumps({'tid': t.native_id, 'error': error, 'unchanged': identity() == before}))\n"
+    )
+    out = run_json(code)
+    assert out["error"] is not None
+    assert out["error"].startswith("the drop was refused before it started (nothing was changed): ")
+    assert f"thread {out['tid']} lacks CAP_SETUID in its effective set" in out["error"]
+    assert out["unchanged"]

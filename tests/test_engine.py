@@ -79,13 +79,11 @@ def test_batch_gives_one_outcome_per_step_list_in_order() -> None:
     assert all(o.completed for o in outs)
 
 
-@pytest.mark.parametrize("keep_runner", [True, False], ids=["kept-runner", "runner-per-batch"])
-def test_runs_leave_no_open_fd_and_no_zombie(keep_runner: bool) -> None:
-    e = Engine(keep_runner=keep_runner)
+def test_runs_leave_no_open_fd_and_no_zombie() -> None:
+    e = Engine()
     before = open_fds()
     for _ in range(50):
         e.run([Step(Op.SETEUID, (os.geteuid(),))])
-    e.close()  # a kept runner's three descriptors are open until then
     assert open_fds() == before
     assert zombies_of_this_process() == []
 

@@ -1,108 +1,189 @@
-"""Interrupts and bounds (#14 item 1) and progress (item 2): Ctrl-C and
-SIGTERM end a command at once with 130/143, one line and no process left;
-a model whose transitions could not run exits 2; the import-time live
-probe is bounded; long work shows a self-erasing progress line on a
-terminal only."""
+"""Interrupts and bounds (#14 items 1 and 2, #18 items 1 and 2): SIGINT,
+SIGTERM and SIGHUP to the command's whole process group (what a terminal's
+Ctrl-C, a closing terminal and ``timeout`` send) end it at once with 130,
+143 or 129, one line that names how many processes were ended, and no
+process of that run left; SIGKILL to the supervisor takes every process
+with it before any output is written; the same with one CPU online.  A
+model whose transitions could not run exits 2; the import-time live probe
+is bounded; long work shows a self-erasing progress line on a terminal
+only.
+
+The processes of a run are found by a marker in their environment and by
+their session, never by parent pid (an orphan's parent is whoever reaps it).
+"""
 
 from __future__ import annotations
 
 import os
 import pty
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from helpers import requires_root, run_cli, run_python
-from uidprobe import cli
+from uidprobe import cli, supervise
 
 HANG = {"UIDPROBE_FAULT": "hang"}
+MARKER = "UIDPROBE_TEST_MARKER"
 
 
-def descendants(pid: int) -> set[int]:
-    tree: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                stat = Path(f"/proc/{name}/stat").read_bytes()
-            except OSError:
-                continue
-            tree.setdefault(int(stat.rsplit(b")", 1)[1].split()[1]), []).append(int(name))
-    found, todo = set(), [pid]
-    while todo:
-        for c in tree.get(todo.pop(), ()):
-            found.add(c)
-            todo.append(c)
-    return found
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name, or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
 
 
 def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in (b"Z", b"X")
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in (b"Z", b"X")
 
 
-def interrupt(faults_so: Path, store: Path, argv: list[str], sig: int) -> tuple[int, str, float, list[int]]:
-    """Start ``uidprobe ARGV`` with hanging probe children, send ``sig`` once
-    they exist: (exit status, stderr, seconds to end, processes left alive)."""
-    env = {**os.environ, **HANG, "LD_PRELOAD": str(faults_so), "UIDPROBE_STORE": str(store)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uidprobe", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+class Run:
+    """``uidprobe ARGV`` in a session of its own, every process of it
+    carrying a marker in its environment, with hanging probe children."""
+
+    def __init__(self, faults_so: Path, store: Path, argv: list[str], prefix: list[str] | None = None) -> None:
+        self.marker = uuid.uuid4().hex
+        env = {**os.environ, **HANG, "LD_PRELOAD": str(faults_so), "UIDPROBE_STORE": str(store), MARKER: self.marker}
+        self.proc = subprocess.Popen(
+            [*(prefix or []), sys.executable, "-m", "uidprobe", *argv],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def processes(self) -> list[int]:
+        """Every live process of this run: its session, or its marker."""
+        found = []
+        tag = f"{MARKER}={self.marker}".encode()
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            fields = _stat(pid)
+            if fields is None or fields[0] in (b"Z", b"X"):
+                continue
+            try:
+                marked = tag in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                marked = False
+            if marked or int(fields[3]) == self.proc.pid:
+                found.append(pid)
+        return found
+
+    def wait_for_hanging_children(self) -> None:
+        """Until the supervisor, the worker, a runner and a probe child run."""
+        deadline = time.monotonic() + 20
+        while len(self.processes()) < 4:
+            assert time.monotonic() < deadline, "no probe child was started"
+            time.sleep(0.01)
+
+    def left_after(self, seconds: float) -> list[int]:
+        time.sleep(seconds)
+        return self.processes()
+
+
+WORDS = {
+    signal.SIGINT: "interrupted by SIGINT",
+    signal.SIGTERM: "terminated by SIGTERM",
+    signal.SIGHUP: "hung up by SIGHUP",
+}
+COMMANDS = {
+    "model": ["model", "--timeout", "0.5"],
+    "check": ["check", "USESETEUID"],
+    "configure": ["configure", "--timeout", "3"],
+}
+
+
+@pytest.fixture(params=["all-cpus", "one-cpu"])
+def cpus(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """A prefix that runs the command with every CPU online, or with one
+    (a private mount namespace where /sys/devices/system/cpu/online says
+    "0": what sysconf and os.cpu_count() read)."""
+    if request.param == "all-cpus":
+        return []
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    online = tmp_path / "online"
+    online.write_text("0\n")
+    prefix = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /sys/devices/system/cpu/online && exec "$@"', str(online)]
+    probe = subprocess.run(
+        [*prefix, sys.executable, "-c", "import os; print(os.cpu_count())"], capture_output=True, text=True, check=False
     )
-    deadline = time.monotonic() + 20
-    while not any(alive(p) for p in descendants(proc.pid) if p != proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)  # wait until probe children exist (hanging ones)
-    time.sleep(0.3)
-    below = descendants(proc.pid)
-    assert below, "no child was started"
-    start = time.monotonic()
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=10)
-    took = time.monotonic() - start
-    time.sleep(0.2)
-    return proc.returncode, err.decode(), took, [p for p in below if alive(p)]
+    if probe.returncode != 0 or probe.stdout.strip() != "1":
+        pytest.skip(f"cannot show one CPU in a private mount namespace: {probe.stderr.strip() or probe.stdout.strip()}")
+    return prefix
 
 
 @requires_root
-@pytest.mark.parametrize(
-    ("argv", "sig"),
-    [
-        (["model", "--timeout", "0.05"], signal.SIGINT),
-        (["model", "--timeout", "0.05"], signal.SIGTERM),
-        (["check", "USESETEUID"], signal.SIGINT),
-        (["configure", "--timeout", "3"], signal.SIGTERM),
-        (["model", "--timeout", "0.05"], signal.SIGINT),
-    ],
-)
-def test_a_signal_ends_the_command_at_once_with_one_line_and_nothing_left(
-    faults_so: Path, tmp_path: Path, argv: list[str], sig: int
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_signal_to_the_process_group_ends_everything_with_one_line(
+    faults_so: Path, tmp_path: Path, cpus: list[str], command: str, sig: signal.Signals
 ) -> None:
     tmp_path.chmod(0o755)
-    code, err, took, left = interrupt(faults_so, tmp_path / "v", argv, sig)
-    assert took < 3  # a bound on a hang, not a speed target
-    assert code == 128 + sig
-    assert "Traceback" not in err
-    word = "interrupted by SIGINT" if sig == signal.SIGINT else "terminated by SIGTERM"
-    assert err.splitlines() == [f"uidprobe: {word}; nothing left running"]
-    assert left == []
+    run = Run(faults_so, tmp_path / "v", COMMANDS[command], cpus)
+    run.wait_for_hanging_children()
+    os.killpg(run.proc.pid, sig)
+    _, err = run.proc.communicate(timeout=15)
+    assert run.proc.returncode == 128 + sig, err
+    lines = err.decode().splitlines()
+    assert len(lines) == 1, lines
+    m = re.fullmatch(rf"uidprobe: {WORDS[sig]}; ended (\d+) process(es)?; nothing left running", lines[0])
+    assert m is not None, lines
+    # at least the worker (a runner the signal killed took its children)
+    assert int(m.group(1)) >= 1
+    assert run.left_after(1.0) == []
+
+
+@requires_root
+def test_sigkill_to_the_supervisor_leaves_nothing_running_and_writes_no_output(
+    faults_so: Path, tmp_path: Path, cpus: list[str]
+) -> None:
+    # Every child hangs for 0.05 s: the model is done within about two
+    # seconds, so a worker that survived its supervisor would write the
+    # file while the test still looks.
+    tmp_path.chmod(0o755)
+    out = tmp_path / "model.json"
+    run = Run(faults_so, tmp_path / "v", ["model", "--timeout", "0.05", "--format", "json", "-o", str(out)], cpus)
+    run.wait_for_hanging_children()
+    run.proc.kill()
+    run.proc.communicate(timeout=5)
+    deadline = time.monotonic() + 2
+    while run.processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert run.processes() == []
+    assert run.left_after(3.0) == []
+    assert not out.exists()
 
 
 @requires_root
 @pytest.mark.slow
 def test_ctrl_c_in_a_loop_of_20_model_runs_leaves_no_process_and_no_traceback(faults_so: Path, tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
-    runs = [interrupt(faults_so, tmp_path / "v", ["model", "--timeout", "0.05"], signal.SIGINT) for _ in range(20)]
-    assert [code for code, _, _, _ in runs] == [130] * 20
-    assert [err for _, err, _, _ in runs] == ["uidprobe: interrupted by SIGINT; nothing left running\n"] * 20
-    assert [p for _, _, _, left in runs for p in left] == []
+    for _ in range(20):
+        run = Run(faults_so, tmp_path / "v", ["model", "--timeout", "0.05"])
+        run.wait_for_hanging_children()
+        os.killpg(run.proc.pid, signal.SIGINT)
+        _, err = run.proc.communicate(timeout=15)
+        assert run.proc.returncode == 130
+        assert re.fullmatch(
+            r"uidprobe: interrupted by SIGINT; ended \d+ processes; nothing left running\n", err.decode()
+        )
+        assert run.left_after(0.5) == []
 
 
-def test_kill_descendants_kills_a_tree_that_blocks_every_signal_but_the_unblockable() -> None:
+def test_stop_and_kill_ends_a_tree_that_blocks_every_signal_but_the_unblockable() -> None:
     code = (
         "import os, signal, time\n"
         "signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})\n"
@@ -118,12 +199,26 @@ def test_kill_descendants_kills_a_tree_that_blocks_every_signal_but_the_unblocka
             time.sleep(0.05)
         tree = descendants(proc.pid)
         assert len(tree) == 2
-        assert cli.kill_descendants(proc.pid) == len(tree)
+        assert supervise.stop_and_kill(proc.pid) == tree
         time.sleep(0.2)
         assert [p for p in tree if alive(p)] == []
     finally:
         proc.kill()
         proc.wait()
+
+
+def descendants(pid: int) -> set[int]:
+    tree: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        fields = _stat(int(name)) if name.isdigit() else None
+        if fields is not None:
+            tree.setdefault(int(fields[1]), []).append(int(name))
+    found, todo = set(), [pid]
+    while todo:
+        for c in tree.get(todo.pop(), ()):
+            found.add(c)
+            todo.append(c)
+    return found
 
 
 @requires_root

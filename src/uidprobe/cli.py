@@ -18,7 +18,8 @@ exit codes, and scripts need the same):
     75  ``configure``: a probe child was disturbed from outside twice; nothing
         was written (EX_TEMPFAIL)
     77  ``configure``/``model`` without root (EX_NOPERM)
-    130 interrupted by SIGINT (Ctrl-C); 143 terminated by SIGTERM
+    129 hung up (SIGHUP); 130 interrupted by SIGINT (Ctrl-C); 143 terminated
+        by SIGTERM: every process the command started was ended first
 
 Options belong to the subcommands that honour them and may be written
 before or after the subcommand (``uidprobe check X --timeout 5`` and
@@ -68,6 +69,7 @@ EX_SOFTWARE = 70  # an internal error (a bug): the traceback is printed
 EX_NOPERM = 77
 EX_SIGINT = 128 + signal.SIGINT
 EX_SIGTERM = 128 + signal.SIGTERM
+EX_SIGHUP = 128 + signal.SIGHUP
 
 _EPILOG = """\
 verdicts:
@@ -805,115 +807,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, TextIO], int]] = {
 }
 
 
-# -------------------------------------------------------------- interrupts
-#
-# The command runs in a forked worker process while this (supervising)
-# process waits for it.  The engine sits in C for a whole batch (a hanging
-# child costs its timeout), and a thread of this process could go on forking
-# probe children while we clean up; a worker process can be frozen instead.
-# On SIGINT or SIGTERM the supervisor stops the worker and every process
-# below it (SIGSTOP cannot be blocked, and a stopped process cannot fork),
-# kills them all with SIGKILL, says one line and exits 128 + the signal
-# number: no traceback, no waiting, nothing left behind.
-
-
-def _children_by_parent() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return tree
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        tree.setdefault(ppid, []).append(int(name))
-    return tree
-
-
-def kill_descendants(root: int | None = None) -> int:
-    """SIGSTOP every descendant of ``root`` (default: this process) until no
-    new one appears, then SIGKILL them all.  Returns how many were killed."""
-    root = os.getpid() if root is None else root
-    stopped: set[int] = set()
-    for _ in range(50):
-        tree = _children_by_parent()
-        todo, found = [root], []
-        while todo:
-            for child in tree.get(todo.pop(), ()):
-                found.append(child)
-                todo.append(child)
-        new = [p for p in found if p not in stopped]
-        if not new:
-            break
-        for pid in new:
-            with contextlib.suppress(OSError):  # gone already
-                os.kill(pid, signal.SIGSTOP)
-            stopped.add(pid)
-    for pid in stopped:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    return len(stopped)
-
-
-_WORKER: list[int] = []  # the worker's pid, in the supervisor
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    if _WORKER:
-        with contextlib.suppress(OSError):
-            os.kill(_WORKER[0], signal.SIGSTOP)  # first: it must not fork any more
-    kill_descendants()
-    word = "interrupted" if signum == signal.SIGINT else "terminated"
-    erase = "\r\033[K" if sys.stderr.isatty() else ""
-    os.write(2, f"{erase}uidprobe: {word} by {signal.Signals(signum).name}; nothing left running\n".encode())
-    os._exit(128 + signum)
-
-
-def _ignore(signum: int, frame: object) -> None:
-    """In the worker: the supervisor decides (a handler, not SIG_IGN, so that
-    programs the worker starts get the default action back at exec)."""
-
-
-def _supervise() -> int:
-    """Fork the worker that runs the command; wait for it; pass on its status."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        pid = os.fork()
-    except OSError:  # EAGAIN under a pids limit: run here, unsupervised
-        return _main(None)
-    if pid == 0:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, _ignore)
-        code = EX_SOFTWARE
-        try:
-            code = _main(None)
-        except SystemExit as e:  # --help, --version
-            code = e.code if isinstance(e.code, int) else EX_OK if e.code is None else EX_SOFTWARE
-        except BaseException:
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(BaseException):
-                    stream.flush()
-            os._exit(code)
-    _WORKER[:] = [pid]
-    for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _on_signal)
-    _, status = os.waitpid(pid, 0)  # retried after a signal (PEP 475); _on_signal never returns
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.WEXITSTATUS(status)
-
-
 def _stdout_failed(e: OSError) -> int:
     # Keep Python from failing again when it flushes stdout at exit.
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -929,12 +822,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``uidprobe`` script and ``python -m uidprobe``.
 
     As a program (``argv`` None, main thread) the command runs in a
-    supervised worker process, so that SIGINT and SIGTERM end it at once
-    with nothing left running (exit 130, 143); called with ``argv`` (tests,
-    embedding) it runs here, and signals are the caller's business.
+    supervised worker process (``uidprobe.supervise``), so that SIGINT,
+    SIGTERM and SIGHUP end it at once with nothing left running (exit 130,
+    143, 129); called with ``argv`` (tests, embedding) it runs here, and
+    signals are the caller's business.
     """
     if argv is None and threading.current_thread() is threading.main_thread():
-        return _supervise()
+        from uidprobe import supervise
+
+        return supervise.run(lambda: _main(None))
     return _main(argv)
 
 

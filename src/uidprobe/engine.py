@@ -7,8 +7,7 @@ is ``verdicts``) or which steps to run (``probes`` and ``plan``).
 
 One ``Engine`` object owns the loaded library and what was learned about it
 (the runner program beside it, the calls the build found, the calls seen to
-work at run time), and the runner it keeps between batches (see
-``RUNNER_IDLE_MS``).  ``default_engine()`` loads the installed one on first
+work at run time).  ``default_engine()`` loads the installed one on first
 use, never at import, so that reading a persisted verdict
 (``uidprobe.config``) loads no C extension and forks nothing.  Tests build
 an Engine from another build of the C (one without getresuid) or without a
@@ -23,8 +22,6 @@ import os
 import signal
 import struct
 import threading
-import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
@@ -38,7 +35,6 @@ __all__ = [
     "MAX_ARGS",
     "MAX_STEPS",
     "MAX_SWITCH_GROUPS",
-    "RUNNER_IDLE_MS",
     "Engine",
     "EngineError",
     "Features",
@@ -47,7 +43,6 @@ __all__ = [
     "Record",
     "Step",
     "Transport",
-    "close_kept_runners",
     "default_engine",
     "emulation_reason",
     "triple_from_c",
@@ -58,12 +53,6 @@ MAX_ARGS = 8
 MAX_STEPS = 64
 #: The most supplementary groups an in-process switch sets and verifies.
 MAX_SWITCH_GROUPS = 4096
-#: How long a kept runner waits for the next batch before it ends by itself.
-#: Starting one costs more than the probes it forks, so repeated runs reuse
-#: it; the wait is short so that a root process does not outlive its use (a
-#: caller that drops root with its own os.setuid keeps a way to it for at
-#: most this long; uidprobe's own drop closes it first).
-RUNNER_IDLE_MS = 500
 
 CallFamily = Literal["uid", "gid", "groups", "caps", "thread"]
 
@@ -493,23 +482,14 @@ class Engine:
     from here instead (``uidprobe --runner PATH`` probes that runner's C
     library and no other).
 
-    A batch of one job that follows another within RUNNER_IDLE_MS goes to a
-    *kept* runner: started detached (not this process's child), reused while the calling thread's credentials,
-    capabilities, no_new_privs, seccomp mode and user namespace are the ones
-    it was started with, and ended by EOF (``close()``, exec, exit, a forked
-    child closes its copy) or after ``RUNNER_IDLE_MS`` without a batch.
-    ``keep_runner=False`` spawns one per batch instead.
+    A runner serves exactly one batch (one per job) and ends with it: it is
+    this process's child, dies with it, and holds this thread's credentials
+    and sandbox as they are when the batch starts, so nothing privileged
+    outlives the call and no runner answers for a context that changed.
     """
 
-    def __init__(
-        self, module: Any = None, runner: str | None = _UNSET, *, fallback: bool = True, keep_runner: bool = True
-    ) -> None:
+    def __init__(self, module: Any = None, runner: str | None = _UNSET, *, fallback: bool = True) -> None:
         self.fallback = fallback
-        #: keep one runner between batches (False: spawn one per batch)
-        self.keep_runner = keep_runner
-        self._kept: Any = None  # struct up_runner *, while one is open
-        self._last_batch: float | None = None  # time.monotonic() when the last spawned batch ended
-        self._kept_lock = threading.Lock()
         if module is None:
             from uidprobe import _engine
 
@@ -642,18 +622,9 @@ class Engine:
         if via is Transport.SPAWN and runner is None:
             raise EngineError(errno_mod.ENOENT, "the runner program is not installed or not executable")
         if runner is not None:
-            args = (c_steps, counts, n, c_records, c_outs, timeout_ms)
-            rc = None
-            if jobs == 1 and self._wants_kept() and self._kept_lock.acquire(blocking=False):
-                try:  # busy (another thread's batch): that one runs on its own runner
-                    rc = self._kept_batch(runner.encode(), args)
-                finally:
-                    self._kept_lock.release()
-            if rc is None:
-                rc = self._spawn(runner.encode(), *args, jobs)
+            rc = self._spawn(runner.encode(), c_steps, counts, n, c_records, c_outs, timeout_ms, jobs)
             if rc == lib.UP_RUNNER_FOREIGN:
                 raise EngineError(errno_mod.EPROTO, self.foreign_runner(runner))
-            self._last_batch = time.monotonic()
             if rc != 0 and via is Transport.AUTO:
                 runner = None  # fall back: fork from this process
         if runner is None:
@@ -736,82 +707,6 @@ class Engine:
                 i += packer.size
         return buf
 
-    # --------------------------------------------------------- kept runner
-
-    def _wants_kept(self) -> bool:
-        """Use (or start) the kept runner for this batch?
-
-        Only for batches that come in a series: one is open already, or the
-        last batch ended less than RUNNER_IDLE_MS ago.  A lone batch (the
-        command line, a live probe at import, ``configure``) spawns a runner
-        of its own that ends with it, so nothing outlives it.
-        """
-        if not self.keep_runner:
-            return False
-        if self._kept is not None:
-            return True
-        last = self._last_batch
-        return last is not None and time.monotonic() - last < RUNNER_IDLE_MS / 1000
-
-    def _kept_batch(self, runner: bytes, args: tuple[Any, ...]) -> int | None:
-        """The batch through the kept runner (started or replaced as needed).
-
-        None: no kept runner could serve it (this runner program cannot
-        serve, or a fresh one ended before answering); spawn one instead.
-        Called with ``_kept_lock`` held.
-        """
-        lib = self.lib
-        for _ in range(2):
-            r = self._kept
-            if r is not None and not lib.up_runner_fits(r):
-                self._close_kept()  # identity or sandbox changed, or a forked child
-                r = None
-            if r is None:
-                r = self.ffi.gc(self.ffi.new("struct up_runner *"), lib.up_runner_close)
-                err = lib.up_runner_start(runner, RUNNER_IDLE_MS, r)
-                if err in (errno_mod.ECHILD, errno_mod.ENOEXEC):
-                    # this process is a reaper, or this runner program cannot
-                    # serve (an older or foreign one): do not ask again
-                    self.keep_runner = False
-                if err != 0:
-                    return None  # this batch on a runner of its own
-                self._kept = r
-                _track(self)
-            rc = int(lib.up_runner_batch(r, *args))
-            if rc != 0:
-                self._close_kept()
-            if rc == lib.UP_RUNNER_UNPROVEN:
-                # this process cannot prove its privilege to a kept runner
-                # (a user namespace without the id mapped): never again
-                self.keep_runner = False
-                return None
-            if rc != lib.UP_RUNNER_GONE:
-                return rc
-        return None  # it had ended (idle, killed), and so had a fresh one
-
-    def _close_kept(self) -> None:
-        r, self._kept = self._kept, None
-        if r is not None:
-            self.lib.up_runner_close(r)
-
-    @property
-    def runner_pid(self) -> int | None:
-        """The kept runner's pid while one is open (diagnostics, tests)."""
-        r = self._kept
-        return int(r.pid) if r is not None else None
-
-    def close(self) -> None:
-        """End the kept runner now (it sees EOF and exits); the next batch
-        starts another.  Waits for a batch in progress."""
-        with self._kept_lock:
-            self._close_kept()
-
-    def _forget_after_fork(self) -> None:
-        # The child of os.fork(): close the inherited ends so the parent's
-        # runner is not reachable from here, and start afresh.
-        self._kept_lock = threading.Lock()  # may have been held by another thread
-        self._close_kept()
-
     def _outcome(self, steps: Sequence[Step], c_records: Any, c_out_ptr: Any) -> Outcome:
         ffi = self.ffi
         c_out = c_out_ptr[0]
@@ -824,31 +719,6 @@ class Engine:
             return Outcome(records=(), completed=False, error=f"{call} failed: {name} ({os.strerror(c_out.error)})")
         n = max(0, min(int(c_out.nrecords), MAX_STEPS))
         return self._decoder.outcome(steps, ffi.buffer(c_out_ptr)[:], ffi.buffer(c_records, n * self._decoder.size))
-
-
-_KEPT: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines that started a kept runner
-_KEPT_LOCK = threading.Lock()
-_AT_FORK: list[bool] = []  # the fork hook is registered (once, at the first kept runner)
-
-
-def _track(engine: Engine) -> None:
-    with _KEPT_LOCK:
-        if not _AT_FORK:
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-            _AT_FORK.append(True)
-        _KEPT.add(engine)
-
-
-def _after_fork_in_child() -> None:
-    for engine in list(_KEPT):
-        engine._forget_after_fork()
-
-
-def close_kept_runners() -> None:
-    """End every runner this process keeps (before a permanent drop: none
-    may stay reachable from the dropped process)."""
-    for engine in list(_KEPT):
-        engine.close()
 
 
 _DEFAULT: list[Engine] = []  # at most one: the installed engine, once loaded

@@ -55,7 +55,10 @@ A permanent drop also leaves no capability behind: afterwards the permitted,
 effective and ambient sets must be empty and keepcaps off.  If they are not
 (``prctl(PR_SET_KEEPCAPS, 1)`` was set), they are cleared and
 VerificationError says so.  Then a forked child tries every way back to root,
-capset-then-setuid included, and any success raises.
+capset-then-setuid included, and any success raises.  Every other thread
+must hold the same ids and groups and CAP_SETUID and CAP_SETGID in effect
+before the drop (the C library makes its calls in every thread), or
+PrivilegeError refuses it before anything changes.
 
 Threads and scope: on Linux the kernel keeps credentials per thread, but the
 C library's set*id wrappers (glibc's and musl's) change every thread of the
@@ -75,7 +78,7 @@ undone and PrivilegeError raised.  ``restore()`` may be called from another
 thread where the kernel puts every thread's sets back itself (it then
 verifies its own and checks the switching thread's); where the switch moved
 the switching thread's sets by capset, only that thread can restore
-(PrivilegeError, still switched).
+(PrivilegeError, still switched) while it lives.
 
 ``Switcher(scope="thread")`` switches only the calling thread, with the raw
 setresuid/setresgid/setgroups system calls (Samba's "thread credentials"),
@@ -118,7 +121,7 @@ from typing import Callable, Literal, Optional
 from uidprobe import threads
 from uidprobe.accounts import Group, User, listed, needs_lookup, resolve
 from uidprobe.creds import Caps, CapSets, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
-from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, close_kept_runners, default_engine
+from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, default_engine
 from uidprobe.errors import InvalidTargetError, NoMechanismError, PrivilegeError, VerificationError
 from uidprobe.ids import IdTriple
 
@@ -408,6 +411,16 @@ def _fixup_moves_caps(c: Caps) -> bool:
     return not c.securebits & _SECBIT_NO_SETUID_FIXUP and c.effective == c.permitted and not c.ambient
 
 
+def _check_ambient_comes_back(c: Caps | None) -> None:
+    """A switch to a user puts the ambient set away; refuse it, before it
+    starts, where restore() could not raise it again."""
+    if c is not None and c.ambient and c.securebits & _SECBIT_NO_CAP_AMBIENT_RAISE:
+        raise PrivilegeError(
+            f"a switch puts the ambient capabilities ({c.ambient:#x}) away, and "
+            "SECBIT_NO_CAP_AMBIENT_RAISE would stop restore() from raising them again"
+        )
+
+
 def _cap_args(effective: int, permitted: int, inheritable: int) -> tuple[int, ...]:
     """A capset step's arguments: each set as (low 32 bits, high 32 bits)."""
     return tuple(part for v in (effective, permitted, inheritable) for part in (v & 0xFFFFFFFF, v >> 32))
@@ -672,6 +685,11 @@ class Switcher:
         self._state.active = None  # a switch restored but not yet noted: noted now
         key = (uid, gid, wanted)
         known = self._state.plans.get(key) if cached else None
+        if known is not None and uid != 0 and known.start.caps is not None and known.start.caps.ambient:
+            # The C call checks the sets a cached plan starts from, not the
+            # securebits; with an ambient set to put away they decide whether
+            # restore() can raise it again (rare: read them now).
+            _check_ambient_comes_back(current_caps(self.engine))
         if known is None:
             known = self._new_plan(uid, gid, wanted)
             self._keep(known)
@@ -692,11 +710,8 @@ class Switcher:
         start = current_identity(self.engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"becoming another user needs effective uid 0, not {start.uids[1]}")
-        if uid != 0 and start.caps and start.caps.ambient and start.caps.securebits & _SECBIT_NO_CAP_AMBIENT_RAISE:
-            raise PrivilegeError(
-                f"a switch puts the ambient capabilities ({start.caps.ambient:#x}) away, and "
-                "SECBIT_NO_CAP_AMBIENT_RAISE would stop restore() from raising them again"
-            )
+        if uid != 0:
+            _check_ambient_comes_back(start.caps)
         m = self.mechanism
         t = _Tracker(start, self._groups_op)
         t.groups_to(wanted)
@@ -739,7 +754,7 @@ class Switcher:
         self._state.active = sw
         status = sw.forward.attempt()
         _signals_land_here()
-        if status == SwitchStatus.NOT_AT_START:
+        if status == SwitchStatus.NOT_AT_START or (status == SwitchStatus.ROLLED_BACK and self._securebits_changed(sw)):
             try:
                 self._replan(sw)
             except BaseException:
@@ -779,6 +794,15 @@ class Switcher:
             )
         # Read back in full when the plan cannot say (switch results carry no securebits).
         return sw.reached or current_identity(self.engine)
+
+    def _securebits_changed(self, sw: _Switch) -> bool:
+        """After a switch was rolled back: were the securebits different
+        when its plan was made?  (The C call checks the identity a cached
+        plan starts from, but not the securebits, which decide what the
+        kernel does to the capability sets: set NO_SETUID_FIXUP since, and
+        the effective set a plan expected the kernel to empty stays.)"""
+        then, now = sw.start.caps, current_caps(self.engine)
+        return then is not None and now is not None and then.securebits != now.securebits
 
     def _check_other_threads(self, sw: _Switch) -> None:
         """Refuse a process-scope switch, before it starts, that some other
@@ -839,7 +863,7 @@ class Switcher:
         later = back.steps[back.steps.index(failed) + 1 :] if failed is not None else ()
         for step in later:  # best effort, each on its own: one failure must not stop the rest
             SwitchPlan([(step, Expect())], [], self.engine).run()
-        raise VerificationError(f"restoring failed: {why}; holding {_held(read_creds(engine=self.engine))}")
+        raise VerificationError(f"restoring failed: {why}; holding {_held(read_creds(caps=True, engine=self.engine))}")
 
     def _back_from_another_thread(self, sw: _Switch) -> SwitchPlan:
         """The way back for ``restore()`` called from a thread other than
@@ -850,9 +874,15 @@ class Switcher:
         inheritable sets, in effect again; no ambient set: the switch
         refused threads with one).  Where the switch moved the switching
         thread's sets by capset, only that thread can move them back:
-        PrivilegeError, and the switch stays as it was."""
+        PrivilegeError, and the switch stays as it was (unless that thread
+        has ended, and its sets with it)."""
         steps = _plan_back(self.mechanism, sw.start, self._groups_op)
-        if any(step.op in (Op.CAPS_SET, Op.AMBIENT_RAISE) for step, _ in steps):
+        moved = [i for i, (step, _) in enumerate(steps) if step.op in (Op.CAPS_SET, Op.AMBIENT_RAISE)]
+        if moved and threads.status(sw.owner) is None:
+            # That thread has ended: its sets went with it, and the ids are
+            # the process's to put back.
+            steps = [s for i, s in enumerate(steps) if i not in moved]
+        elif moved:
             raise PrivilegeError(
                 f"restore() was called from thread {threading.get_native_id()}, but the switch lowered the "
                 f"capability sets of thread {sw.owner} with capset, which changes the calling thread only: only "
@@ -937,8 +967,12 @@ class Switcher:
         start = current_identity(engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"dropping privileges needs effective uid 0, not {start.uids[1]}")
-        # A kept runner holds root: the dropped process must have no way to it.
-        close_kept_runners()
+        problem = not threads.alone() and threads.problem_before(uid, permanent=True)
+        if problem:
+            raise PrivilegeError(
+                f"the drop was refused before it started (nothing was changed): {problem}. The C library makes "
+                "the drop's calls in every thread"
+            )
         m = self.mechanism
         t = _Tracker(start)
         t.groups_to(wanted)
@@ -952,7 +986,6 @@ class Switcher:
                 else f"holding {_held(result.now)}"
             )
             raise VerificationError(f"{_describe_failure(result)} (dropping with {m.uid}/{m.gid}); {where}")
-        close_kept_runners()  # again: one another thread started meanwhile holds root too
         _check_no_capabilities(engine)
         _check_every_thread(uid, gid, wanted)
         _check_cannot_regain(engine, attempts)

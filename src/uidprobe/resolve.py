@@ -91,9 +91,7 @@ def resolve(path: str | None = None, live: bool = True) -> Snapshot:
         from uidprobe.engine import Engine
 
         try:
-            # An engine of its own that keeps no runner: an import leaves no
-            # process behind, however many batches the probe takes.
-            results = suite.run(list(OBSERVED), timeout=LIVE_TIMEOUT, engine=Engine(keep_runner=False))
+            results = suite.run(list(OBSERVED), timeout=LIVE_TIMEOUT, engine=Engine())
         except Exception as e:  # import must never fail because of the environment
             why_not = f"live probing failed: {type(e).__name__}: {e}"
     if why_not is None:

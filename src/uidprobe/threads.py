@@ -96,23 +96,24 @@ def _named(problems: list[str]) -> str | None:
     return "; ".join(problems[:_NAMED]) + more
 
 
-def problem_before(uid: int) -> str | None:
+def problem_before(uid: int, *, permanent: bool = False) -> str | None:
     """Why some other thread would not follow a process-scope switch to
     effective uid ``uid`` (see the module's documentation), or None.  Only
-    where not ``alone()``."""
+    where not ``alone()``.  A ``permanent`` drop needs only the ids and the
+    calls: the kernel then empties every thread's sets itself."""
     others = _others()
     me = status(threading.get_native_id())
     if others is None or me is None:
         return _unreadable()
     problems = []
     for tid, st in others:
-        why = _why_not(st, me, uid)
+        why = _why_not(st, me, uid, permanent)
         if why:
             problems.append(f"thread {tid} {why}")
     return _named(problems)
 
 
-def _why_not(st: dict[str, str], me: dict[str, str], uid: int) -> str | None:
+def _why_not(st: dict[str, str], me: dict[str, str], uid: int, permanent: bool) -> str | None:
     if (st.get("Uid"), st.get("Gid")) != (me.get("Uid"), me.get("Gid")):
         return (
             f"holds uids {st.get('Uid')} and gids {st.get('Gid')} (real, effective, saved, filesystem; "
@@ -126,8 +127,8 @@ def _why_not(st: dict[str, str], me: dict[str, str], uid: int) -> str | None:
             f"lacks {cap_names(_CAP_SETID & ~eff)} in its effective set (the C library makes the call in every "
             "thread, and aborts the process when it fails in one)"
         )
-    if uid == 0:
-        return None  # the effective uid stays 0: the kernel moves no capability set
+    if uid == 0 or permanent:
+        return None  # the effective uid stays 0, or every set is emptied: nothing of the thread's own to lose
     if eff != prm:
         return (
             f"has its effective set below its permitted set (CapEff={eff:#x}, CapPrm={prm:#x}): the kernel "
