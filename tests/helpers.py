@@ -63,6 +63,18 @@ requires_userns = pytest.mark.skipif(
 )
 
 
+def _subreaper_works() -> bool:
+    """Can a process become a child subreaper?  Not under qemu-user (EINVAL)."""
+    code = "import ctypes, sys; sys.exit(ctypes.CDLL(None).prctl(36, 1, 0, 0, 0))  # PR_SET_CHILD_SUBREAPER"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode == 0
+
+
+#: Tests that make a process a child subreaper.
+requires_subreaper = pytest.mark.skipif(
+    not _subreaper_works(), reason="PR_SET_CHILD_SUBREAPER is refused here (qemu-user gives EINVAL)"
+)
+
+
 def _engine_builds_thread_ops() -> bool:
     from uidprobe.engine import default_engine
 
