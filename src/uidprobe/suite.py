@@ -194,9 +194,9 @@ def run(
     # than the batch, so the batch runs meanwhile with the ids chosen last
     # time (or, the first time, the first candidates), and runs again only
     # where the choice differs.
-    chosen = IdsInUse.look(lambda in_use: _chosen(state, uids, gids, in_use))
     key = (state.uid_map, state.gid_map, uids, gids)
     guess = _LAST_CHOICE.get(key) or _chosen(state, uids, gids, IdsInUse(named=lambda family, i: False))
+    chosen = IdsInUse.look(lambda in_use: _chosen(state, uids, gids, in_use))  # ids given were valid: no raise
     results = _run_with(wanted, selected, state, guess, timeout, engine)
     ids = chosen()
     _LAST_CHOICE.clear()  # one entry: the maps of this process's namespace
