@@ -63,12 +63,15 @@ _NGROUPS_MAX: list[int] = []  # sysconf costs microseconds: asked once
 
 
 def check_groups(groups: tuple[object, ...], whose: str = "") -> tuple[int, ...]:
-    """``groups`` as gids (names looked up), if a switch can set and verify
-    them all; else InvalidTargetError naming the group, or the count and
-    both limits."""
+    """``groups`` as gids (names looked up), each once, in the order given,
+    if a switch can set and verify them all; else InvalidTargetError naming
+    the group, or the count and both limits.  A group listed twice (a name
+    and its number, or the primary group in the database's list too) is
+    one group: only distinct groups count toward the limits."""
     checked = _plain_ids(groups)
     if checked is None:  # names to look up, or something to refuse with a precise message
         checked = tuple(_group(g, "supplementary group") for g in groups)
+    checked = tuple(dict.fromkeys(checked))
     if not _NGROUPS_MAX:
         _NGROUPS_MAX.append(os.sysconf("SC_NGROUPS_MAX"))
     kernel = _NGROUPS_MAX[0]

@@ -48,21 +48,37 @@ wherever the starting sets are not what the kernel's fixup would give back
 lowers them with capset/prctl right after the uid call.  The permitted and
 inheritable sets are kept for the way back, which restores exactly the
 starting sets; every set is read back by capget and verified like the ids.
-``Identity.caps`` reports them.  In process scope under NO_SETUID_FIXUP the
-other threads' uids change but their effective sets stay (capset changes
-one thread): such a switch is undone and PrivilegeError raised.
+``Identity.caps`` reports them.  The other threads' sets are the kernel's
+to move (capset changes one thread): see threads and scope below.
 
 A permanent drop also leaves no capability behind: afterwards the permitted,
 effective and ambient sets must be empty and keepcaps off.  If they are not
 (``prctl(PR_SET_KEEPCAPS, 1)`` was set), they are cleared and
 VerificationError says so.  Then a forked child tries every way back to root,
-capset-then-setuid included, and any success raises.
+capset-then-setuid included, and any success raises.  Every other thread
+must hold the same ids and groups and CAP_SETUID and CAP_SETGID in effect
+before the drop (the C library makes its calls in every thread), or
+PrivilegeError refuses it before anything changes.
 
 Threads and scope: on Linux the kernel keeps credentials per thread, but the
 C library's set*id wrappers (glibc's and musl's) change every thread of the
 process.  So with ``Switcher()`` (``scope="process"``, the default) a switch
 applies to all threads at once, another thread doing file I/O meanwhile does
 it with the switched identity, and the cost grows with the thread count.
+Only the calling thread is read back, and only its capability sets can be
+moved, so before every process-scope switch each other thread is checked
+in /proc (uidprobe.threads, whatever the securebits): one with other ids or
+groups, without CAP_SETUID and CAP_SETGID in effect (glibc aborts the
+process when one thread's call fails), or, for a switch to a user other
+than root, with its effective set below its permitted set or an ambient
+set, refuses the switch with PrivilegeError before anything changes.
+Afterwards no other thread may hold an effective or ambient capability
+(securebits are per thread, and /proc does not show them): the switch is
+undone and PrivilegeError raised.  ``restore()`` may be called from another
+thread where the kernel puts every thread's sets back itself (it then
+verifies its own and checks the switching thread's); where the switch moved
+the switching thread's sets by capset, only that thread can restore
+(PrivilegeError, still switched) while it lives.
 
 ``Switcher(scope="thread")`` switches only the calling thread, with the raw
 setresuid/setresgid/setgroups system calls (Samba's "thread credentials"),
@@ -102,6 +118,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Callable, Literal, Optional
 
+from uidprobe import threads
 from uidprobe.accounts import Group, User, listed, needs_lookup, resolve
 from uidprobe.creds import Caps, CapSets, Creds, Expect, SwitchPlan, SwitchResult, SwitchStatus, read_creds
 from uidprobe.engine import MAX_SWITCH_GROUPS, Engine, Op, Step, Transport, default_engine
@@ -394,6 +411,16 @@ def _fixup_moves_caps(c: Caps) -> bool:
     return not c.securebits & _SECBIT_NO_SETUID_FIXUP and c.effective == c.permitted and not c.ambient
 
 
+def _check_ambient_comes_back(c: Caps | None) -> None:
+    """A switch to a user puts the ambient set away; refuse it, before it
+    starts, where restore() could not raise it again."""
+    if c is not None and c.ambient and c.securebits & _SECBIT_NO_CAP_AMBIENT_RAISE:
+        raise PrivilegeError(
+            f"a switch puts the ambient capabilities ({c.ambient:#x}) away, and "
+            "SECBIT_NO_CAP_AMBIENT_RAISE would stop restore() from raising them again"
+        )
+
+
 def _cap_args(effective: int, permitted: int, inheritable: int) -> tuple[int, ...]:
     """A capset step's arguments: each set as (low 32 bits, high 32 bits)."""
     return tuple(part for v in (effective, permitted, inheritable) for part in (v & 0xFFFFFFFF, v >> 32))
@@ -487,7 +514,7 @@ class _Switch:
     """One temporary switch: the plans there and back, where it starts and
     the identity it reaches (None: read it back after the switch)."""
 
-    __slots__ = ("back", "forward", "key", "reached", "start")
+    __slots__ = ("back", "forward", "key", "owner", "reached", "start")
 
     def __init__(
         self,
@@ -502,6 +529,7 @@ class _Switch:
         self.forward = forward
         self.back = back
         self.reached = reached
+        self.owner = 0  # the native id of the thread that switched (set by _enter)
 
 
 #: Plans kept per Switcher (and per thread, in thread scope).
@@ -657,6 +685,11 @@ class Switcher:
         self._state.active = None  # a switch restored but not yet noted: noted now
         key = (uid, gid, wanted)
         known = self._state.plans.get(key) if cached else None
+        if known is not None and uid != 0 and known.start.caps is not None and known.start.caps.ambient:
+            # The C call checks the sets a cached plan starts from, not the
+            # securebits; with an ambient set to put away they decide whether
+            # restore() can raise it again (rare: read them now).
+            _check_ambient_comes_back(current_caps(self.engine))
         if known is None:
             known = self._new_plan(uid, gid, wanted)
             self._keep(known)
@@ -677,11 +710,8 @@ class Switcher:
         start = current_identity(self.engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"becoming another user needs effective uid 0, not {start.uids[1]}")
-        if uid != 0 and start.caps and start.caps.ambient and start.caps.securebits & _SECBIT_NO_CAP_AMBIENT_RAISE:
-            raise PrivilegeError(
-                f"a switch puts the ambient capabilities ({start.caps.ambient:#x}) away, and "
-                "SECBIT_NO_CAP_AMBIENT_RAISE would stop restore() from raising them again"
-            )
+        if uid != 0:
+            _check_ambient_comes_back(start.caps)
         m = self.mechanism
         t = _Tracker(start, self._groups_op)
         t.groups_to(wanted)
@@ -711,6 +741,12 @@ class Switcher:
         sw.start, sw.forward, sw.back, sw.reached = fresh.start, fresh.forward, fresh.back, fresh.reached
 
     def _enter(self, sw: _Switch) -> Identity:
+        alone = True
+        if self.scope == "process":
+            alone = threads.alone()  # then no thread can appear before the switch: only this one could start it
+            if not alone:
+                self._check_other_threads(sw)
+            sw.owner = threading.get_native_id()
         # Recorded before the first call: whatever interrupts after this
         # line, restore() knows where to go back to (and the way back is
         # marked not taken, so ``switched`` says True until it is).
@@ -718,7 +754,7 @@ class Switcher:
         self._state.active = sw
         status = sw.forward.attempt()
         _signals_land_here()
-        if status == SwitchStatus.NOT_AT_START:
+        if status == SwitchStatus.NOT_AT_START or (status == SwitchStatus.ROLLED_BACK and self._securebits_changed(sw)):
             try:
                 self._replan(sw)
             except BaseException:
@@ -747,41 +783,37 @@ class Switcher:
                     f"holding {_held(undo.now)}"
                 )
             raise PrivilegeError("restore() ran while switching (from a signal handler?): the switch was undone")
-        caps = sw.start.caps  # (inline: this is every switch's path, and the check is rarely needed)
-        others = caps is not None and caps.securebits & _SECBIT_NO_SETUID_FIXUP and self._threads_holding_caps(sw)
+        others = not alone and sw.key[0] != 0 and threads.holding_after()
         if others:
             self.restore()
             raise PrivilegeError(
-                f"the switch was undone: as uid {sw.key[0]}, {others}. Under SECBIT_NO_SETUID_FIXUP the kernel "
-                "keeps every thread's effective capabilities when the C library changes their uids, and a "
-                "switch can lower only its own thread's: use Switcher(scope='thread'), or switch before "
-                "starting threads"
+                f"the switch was undone: as uid {sw.key[0]}, {others}. The kernel keeps a thread's effective "
+                "capabilities when the C library changes its uids under SECBIT_NO_SETUID_FIXUP (securebits are "
+                "per thread), and a switch can lower only its own thread's: use Switcher(scope='thread'), or "
+                "switch before starting threads"
             )
         # Read back in full when the plan cannot say (switch results carry no securebits).
         return sw.reached or current_identity(self.engine)
 
-    def _threads_holding_caps(self, sw: _Switch) -> str | None:
-        """After a process-scope switch to a user under SECBIT_NO_SETUID_FIXUP
-        (only then can other threads keep any): which other threads still
-        hold effective capabilities (the kernel's own per-thread accounts in
-        /proc), or None."""
-        if self.scope != "process" or sw.key[0] == 0:
-            return None
-        me = str(threading.get_native_id())
-        try:
-            tids = [t for t in os.listdir("/proc/self/task") if t != me]
-        except OSError:
-            return "the other threads cannot be checked (/proc/self/task is not readable)"
-        holding = []
-        for tid in tids:
-            try:
-                with open(f"/proc/self/task/{tid}/status") as f:
-                    eff = next((line.split()[1] for line in f if line.startswith("CapEff:")), "0")
-            except OSError:
-                continue  # the thread has exited meanwhile
-            if int(eff, 16):
-                holding.append(f"thread {tid} still held CapEff={int(eff, 16):#x}")
-        return "; ".join(holding) or None
+    def _securebits_changed(self, sw: _Switch) -> bool:
+        """After a switch was rolled back: were the securebits different
+        when its plan was made?  (The C call checks the identity a cached
+        plan starts from, but not the securebits, which decide what the
+        kernel does to the capability sets: set NO_SETUID_FIXUP since, and
+        the effective set a plan expected the kernel to empty stays.)"""
+        then, now = sw.start.caps, current_caps(self.engine)
+        return then is not None and now is not None and then.securebits != now.securebits
+
+    def _check_other_threads(self, sw: _Switch) -> None:
+        """Refuse a process-scope switch, before it starts, that some other
+        thread would not follow (uidprobe.threads says why)."""
+        problem = threads.problem_before(sw.key[0])
+        if problem:
+            raise PrivilegeError(
+                f"the switch was refused before it started (nothing was changed): {problem}. A process-scope "
+                "switch makes the C library change every thread's ids, but verifies, and moves the capability "
+                "sets of, only the calling thread: use Switcher(scope='thread'), or switch before starting threads"
+            )
 
     def become(self, user: User, group: Group | None = None, groups: _Groups = None) -> Identity:
         """Take ``user``/``group``/``groups`` as the effective identity,
@@ -816,17 +848,51 @@ class Switcher:
         if sw.back.succeeded:  # restored already; only the note was left to make
             self._state.active = None
             return
-        status = sw.back.attempt()
+        back = sw.back
+        if sw.owner and sw.owner != threading.get_native_id():
+            back = self._back_from_another_thread(sw)
+        status = back.attempt()
         if status == SwitchStatus.OK:
             self._state.active = None
+            if back is not sw.back:
+                _check_owner_restored(sw)
             return
-        result = sw.back.result(status)
+        result = back.result(status)
         why = _describe_failure(result)
         failed = result.failed_step
-        later = sw.back.steps[sw.back.steps.index(failed) + 1 :] if failed is not None else ()
+        later = back.steps[back.steps.index(failed) + 1 :] if failed is not None else ()
         for step in later:  # best effort, each on its own: one failure must not stop the rest
             SwitchPlan([(step, Expect())], [], self.engine).run()
-        raise VerificationError(f"restoring failed: {why}; holding {_held(read_creds(engine=self.engine))}")
+        raise VerificationError(f"restoring failed: {why}; holding {_held(read_creds(caps=True, engine=self.engine))}")
+
+    def _back_from_another_thread(self, sw: _Switch) -> SwitchPlan:
+        """The way back for ``restore()`` called from a thread other than
+        the one that switched (process scope).  The uid, gid and groups
+        calls change every thread, and where the switch left the capability
+        sets to the kernel's fixup it puts every thread's back too: then the
+        plan is the same, checking this thread's own sets (its permitted and
+        inheritable sets, in effect again; no ambient set: the switch
+        refused threads with one).  Where the switch moved the switching
+        thread's sets by capset, only that thread can move them back:
+        PrivilegeError, and the switch stays as it was (unless that thread
+        has ended, and its sets with it)."""
+        steps = _plan_back(self.mechanism, sw.start, self._groups_op)
+        moved = [i for i, (step, _) in enumerate(steps) if step.op in (Op.CAPS_SET, Op.AMBIENT_RAISE)]
+        if moved and threads.status(sw.owner) is None:
+            # That thread has ended: its sets went with it, and the ids are
+            # the process's to put back.
+            steps = [s for i, s in enumerate(steps) if i not in moved]
+        elif moved:
+            raise PrivilegeError(
+                f"restore() was called from thread {threading.get_native_id()}, but the switch lowered the "
+                f"capability sets of thread {sw.owner} with capset, which changes the calling thread only: only "
+                f"thread {sw.owner} can raise them again, so call restore() there (still switched)"
+            )
+        mine = current_caps(self.engine)
+        if mine is not None:
+            sets = CapSets(mine.permitted, mine.permitted, mine.inheritable, 0)
+            steps[-1] = (steps[-1][0], replace(steps[-1][1], caps=sets))
+        return SwitchPlan(steps, [], self.engine)
 
     def _unwind(self) -> None:
         """Restore, whatever exceptions signal handlers raise meanwhile."""
@@ -901,6 +967,12 @@ class Switcher:
         start = current_identity(engine)
         if start.uids[1] != 0:
             raise PrivilegeError(f"dropping privileges needs effective uid 0, not {start.uids[1]}")
+        problem = not threads.alone() and threads.problem_before(uid, permanent=True)
+        if problem:
+            raise PrivilegeError(
+                f"the drop was refused before it started (nothing was changed): {problem}. The C library makes "
+                "the drop's calls in every thread"
+            )
         m = self.mechanism
         t = _Tracker(start)
         t.groups_to(wanted)
@@ -917,6 +989,23 @@ class Switcher:
         _check_no_capabilities(engine)
         _check_every_thread(uid, gid, wanted)
         _check_cannot_regain(engine, attempts)
+
+
+def _check_owner_restored(sw: _Switch) -> None:
+    """After ``restore()`` from another thread: the switching thread must
+    hold its starting capability sets again (the kernel's fixup raised
+    them; /proc shows that thread's).  A thread that has exited holds
+    nothing."""
+    st, caps = threads.status(sw.owner), sw.start.caps
+    if st is None or caps is None:
+        return
+    held = {k: int(st.get(k, "0"), 16) for k in ("CapEff", "CapPrm", "CapAmb")}
+    if held != {"CapEff": caps.effective, "CapPrm": caps.permitted, "CapAmb": caps.ambient}:
+        raise VerificationError(
+            f"restore() from thread {threading.get_native_id()} put the ids back, but thread {sw.owner}, which "
+            f"switched, holds {held['CapEff']:#x} effective, {held['CapPrm']:#x} permitted, {held['CapAmb']:#x} "
+            f"ambient, not its starting {_sets(caps.sets)}"
+        )
 
 
 def _undo_drop(engine: Engine, mech: Mechanism, start: Identity) -> list[Step]:
@@ -968,10 +1057,14 @@ def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
     """Every thread of the process must have dropped too: ids, groups and
     capability sets.
 
-    glibc's and musl's set*id wrappers change every thread; a C library (or
-    preload) whose calls change only the calling thread would leave the
-    others root.  The kernel's per-thread accounts in /proc say.  Without
-    /proc only a single-threaded process can be vouched for.
+    glibc's and musl's set*id wrappers change every thread they know of; a
+    C library (or preload) whose calls change only the calling thread would
+    leave the others root, and so do threads no C library knows of: under
+    qemu-user every process has a helper thread of the emulator's own, which
+    keeps uid 0 and every capability.  The kernel's per-thread accounts in
+    /proc say; the refusal names the thread (id and name) that kept
+    privilege.  Without /proc only a single-threaded process can be vouched
+    for.
     """
     try:
         tids = os.listdir("/proc/self/task")
@@ -993,11 +1086,20 @@ def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
         gids = [int(x) for x in status["Gid"].split()]
         held = {int(x) for x in status.get("Groups", "").split()}
         caps = [int(status[k], 16) for k in ("CapPrm", "CapEff", "CapAmb") if k in status]
-        if any(u != uid for u in uids) or any(g != gid for g in gids) or held != set(groups) or any(caps):
+        name = status.get("Name", "").strip()
+        if any(u != uid for u in uids) or any(g != gid for g in gids) or held != set(groups):
             raise VerificationError(
-                f"after the permanent drop, thread {tid} still holds uids {uids}, gids {gids}, groups "
-                f"{sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: its C library changes one "
-                "thread at a time; exit now"
+                f"after the permanent drop, thread {tid} ({name!r}) still holds uids {uids}, gids {gids}, groups "
+                f"{sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: the drop's calls did not reach "
+                "that thread; exit now"
+            )
+        if any(caps):
+            names = ("CapPrm", "CapEff", "CapAmb")
+            raise VerificationError(
+                f"after the permanent drop, thread {tid} ({name!r}) holds the dropped ids (uids {uid}, gids {gid}, "
+                f"{'groups ' + ','.join(map(str, sorted(held))) if held else 'no groups'}) but still holds "
+                f"capabilities ({' '.join(f'{n}={c:#x}' for n, c in zip(names, caps))}): the kernel kept them for "
+                "that thread (PR_SET_KEEPCAPS or a securebit set in it); exit now"
             )
 
 

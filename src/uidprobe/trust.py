@@ -16,14 +16,16 @@ account; this is the one place it is written down):
 * The trusted owners are root and, only for a process that holds nothing
   beyond a uid U, also U.  Holding nothing beyond U means: real, effective
   and saved uid are all U; real, effective and saved gid are all one gid;
-  and no capability in the effective, permitted or ambient set (U has none;
-  on Linux the sets are read from /proc, and a process whose sets cannot be
-  read is assumed to hold some).  Any other process trusts only root's
-  files: one that can get root back (a uid 0), runs with mixed uids, holds
-  a gid it could act with (a set-group-ID program: gids 1000, 0, 0) or a
-  capability (ambient CAP_SETUID) is more than U, and what it reads now it
-  may act on with that privilege later.  A refusal says which of these it
-  was.
+  neither that gid nor a supplementary group is 0 (root's group, whose
+  file access is beyond U's); and no capability in the effective,
+  permitted or ambient set (U has none; on Linux the sets are read from
+  /proc, and a process whose sets cannot be read is assumed to hold some).
+  Any other process trusts only root's files: one that can get root back
+  (a uid 0), runs with mixed uids, holds a gid it could act with (a
+  set-group-ID program: gids 1000, 0, 0; gids all 0; group 0 among its
+  groups) or a capability (ambient CAP_SETUID) is more than U, and what it
+  reads now it may act on with that privilege later.  A refusal says which
+  of these it was.
 * Every directory from ``/`` down is owned by a trusted owner and not
   writable by group or others, unless it is root's and sticky (``/tmp``),
   where others cannot rename or delete entries they do not own.
@@ -93,15 +95,16 @@ class Reader:
 
     ``uids`` and ``gids`` are (real, effective, saved); ``caps`` is the union
     of the effective, permitted and ambient capability sets, or None when
-    it could not be read.
+    it could not be read; ``groups`` the supplementary groups.
     """
 
-    __slots__ = ("caps", "gids", "uids")
+    __slots__ = ("caps", "gids", "groups", "uids")
 
-    def __init__(self, uids: Ids, gids: Ids, caps: int | None) -> None:
+    def __init__(self, uids: Ids, gids: Ids, caps: int | None, groups: tuple[int, ...] = ()) -> None:
         self.uids = uids
         self.gids = gids
         self.caps = caps
+        self.groups = groups
 
 
 def current_reader() -> Reader:
@@ -109,17 +112,18 @@ def current_reader() -> Reader:
 
     Where a saved id cannot be read (no getresuid), -1 stands for it: the
     three are then never all equal, so only root's files are trusted.  The
-    capability sets are read (from /proc) only where they can matter: for a
+    capability sets and groups are read only where they can matter: for a
     process whose uids and gids are each one id other than root.
     """
     if hasattr(os, "getresuid"):
         uids, gids = os.getresuid(), os.getresgid()
     else:  # pragma: no cover (Linux has getresuid)
         uids, gids = (os.getuid(), os.geteuid(), -1), (os.getgid(), os.getegid(), -1)
-    caps = None
-    if uids[0] == uids[1] == uids[2] != 0 and gids[0] == gids[1] == gids[2]:
-        caps = _held_caps()
-    return Reader(uids, gids, caps)
+    caps: int | None = None
+    groups: tuple[int, ...] = ()
+    if uids[0] == uids[1] == uids[2] != 0 and gids[0] == gids[1] == gids[2] != 0:
+        caps, groups = _held_caps(), tuple(os.getgroups())
+    return Reader(uids, gids, caps, groups)
 
 
 def _held_caps() -> int | None:
@@ -183,6 +187,8 @@ def _rule(reader: Reader) -> _Rule:
         return _Rule((0,), "root")
     elif not reader.gids[0] == reader.gids[1] == reader.gids[2]:
         why = f"this process's gids differ {tuple(reader.gids)}"
+    elif reader.gids[0] == 0 or 0 in reader.groups:
+        why = "this process holds gid 0, root's group"
     elif reader.caps is None:
         why = "this process's capability sets cannot be read"
     elif reader.caps:
