@@ -23,6 +23,12 @@ could not.
   how many processes it ended, and exits 128 + the signal number.  Where
   the subreaper setting was refused, the line says the cleanup is not
   verified instead.
+* What the caller passed on is made sound first: a closed standard
+  descriptor gets /dev/null (else the next file opened would take its
+  number, and a message meant for stderr would land in it), and SIGCHLD
+  gets its default action (ignored, inherited across exec, it makes the
+  kernel reap every child: the worker's status and, in the runner, how a
+  probe child ended would be lost).
 """
 
 from __future__ import annotations
@@ -194,6 +200,22 @@ def _worker(work: Callable[[], int], parent: int) -> None:
         os._exit(code)
 
 
+def _sound_inheritance() -> None:
+    """Open /dev/null on a closed 0, 1 or 2 (and give Python a stream for
+    it), and give SIGCHLD its default action; see the module's docstring."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd, as lower ones are open
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:  # closed when Python started
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115 (kept for the process)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def run(work: Callable[[], int]) -> int:
     """Run ``work()`` in a supervised worker process; its exit status.
 
@@ -201,6 +223,7 @@ def run(work: Callable[[], int]) -> int:
     here.  Where the worker cannot be forked (EAGAIN under a pids limit),
     ``work`` runs in this process, unsupervised.
     """
+    _sound_inheritance()
     sys.stdout.flush()
     sys.stderr.flush()
     _SUBREAPER[:] = [_prctl(_PR_SET_CHILD_SUBREAPER, 1)]

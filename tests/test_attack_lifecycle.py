@@ -1,0 +1,78 @@
+"""The command's lifecycle, attacked the way a caller's environment does it
+(#18, after the supervisor): what a process inherits from whoever started
+it must not break the command nor let another user choose a verdict.
+
+* Standard descriptors closed by the caller (``uidprobe check X >&-``, a
+  daemon that closed 0-2): the command still runs and exits with its own
+  code, and nothing it opens later takes the number 0, 1 or 2.
+* SIGCHLD ignored by the caller (inherited across exec, like every ignored
+  signal): the supervisor still waits for its worker, and the runner still
+  sees how each probe child ended, so a child that another user killed is
+  told from one that finished.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import requires_root, requires_tools, run_cli
+from test_disturb import HANGS_AS_UID_1, attacked, faults, loop  # noqa: F401 (loop: a fixture)
+
+# Start the program that follows with SIGCHLD ignored, as a parent that set
+# SIG_IGN passes it on across exec.
+IGNORING_SIGCHLD = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execvp(sys.argv[1], sys.argv[1:])",
+]
+
+
+def closing(*fds: int) -> list[str]:
+    """A prefix that runs the command with ``fds`` closed."""
+    return ["sh", "-c", 'exec "$@" ' + " ".join(f"{fd}>&-" for fd in fds), "sh"]
+
+
+def test_a_command_with_standard_output_closed_runs_and_says_nothing() -> None:
+    p = run_cli("list", prefix=closing(1))
+    assert (p.returncode, p.stderr) == (0, "")
+
+
+def test_a_command_with_every_standard_descriptor_closed_exits_with_its_own_code() -> None:
+    p = run_cli("check", "NO_SUCH_NAME", prefix=closing(0, 1, 2))
+    assert p.returncode == 64  # a usage error, said on a closed stderr: not a crash (70, 1)
+
+
+@requires_root
+def test_a_command_with_standard_error_closed_still_answers() -> None:
+    p = run_cli("check", "USESETEUID", prefix=closing(2))
+    assert p.returncode == 0
+    assert p.stdout.startswith("USESETEUID: yes: ")
+
+
+@requires_root
+def test_a_command_started_with_sigchld_ignored_exits_with_its_own_code() -> None:
+    p = run_cli("check", "USESETEUID", prefix=IGNORING_SIGCHLD)
+    assert (p.returncode, p.stderr) == (0, "")
+    assert p.stdout.startswith("USESETEUID: yes: ")
+
+
+@requires_root
+@requires_tools
+def test_a_caller_ignoring_sigchld_still_tells_a_child_killed_from_outside(loop: str, faults_so: Path) -> None:  # noqa: F811
+    # The runner inherits SIG_IGN for SIGCHLD across exec: its children were
+    # then reaped by the kernel, their end unknown, and a child that uid 1
+    # killed looked like one whose status was lost, not like a disturbed one.
+    code = "import signal; signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n" + HANGS_AS_UID_1
+    result = attacked(loop, [(1, int(signal.SIGKILL), False)], [sys.executable, "-c", code], faults(faults_so))
+    out = json.loads(result["stdout"])
+    assert out["signal"] == signal.SIGKILL and not out["timed_out"], out
+    assert out["disturbed"] == "killed by SIGKILL, which uidprobe did not send"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
