@@ -22,6 +22,8 @@ import pytest
 
 from helpers import requires_root, requires_tools, run_cli
 from test_disturb import HANGS_AS_UID_1, attacked, faults, loop  # noqa: F401 (loop: a fixture)
+from test_hardening import pids_cgroup
+from uidprobe import cli
 
 # Start the program that follows with SIGCHLD ignored, as a parent that set
 # SIG_IGN passes it on across exec.
@@ -72,6 +74,19 @@ def test_a_caller_ignoring_sigchld_still_tells_a_child_killed_from_outside(loop:
     out = json.loads(result["stdout"])
     assert out["signal"] == signal.SIGKILL and not out["timed_out"], out
     assert out["disturbed"] == "killed by SIGKILL, which uidprobe did not send"
+
+
+@requires_root
+@pytest.mark.parametrize("limit", [2, 3])
+def test_model_under_a_pids_limit_that_refuses_its_threads_says_what_could_not_run(limit: int) -> None:
+    # model spreads a batch over one runner per CPU, each driven by a thread;
+    # a pids limit counts threads too.  Where none could start, model ended
+    # in a RuntimeError traceback (exit 70) instead of its one line.
+    with pids_cgroup(limit) as prefix:
+        p = run_cli("model", "--quiet", prefix=prefix)
+    assert p.returncode == cli.EX_INCOMPLETE, p.stderr
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and " transitions could not run (first: " in lines[0], lines
 
 
 if __name__ == "__main__":  # pragma: no cover
