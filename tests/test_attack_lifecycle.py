@@ -14,6 +14,9 @@ it must not break the command nor let another user choose a verdict.
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -23,6 +26,7 @@ import pytest
 from helpers import requires_root, requires_tools, run_cli
 from test_disturb import HANGS_AS_UID_1, attacked, faults, loop  # noqa: F401 (loop: a fixture)
 from test_hardening import pids_cgroup
+from test_interrupts import Run
 from uidprobe import cli
 
 # Start the program that follows with SIGCHLD ignored, as a parent that set
@@ -87,6 +91,28 @@ def test_model_under_a_pids_limit_that_refuses_its_threads_says_what_could_not_r
     assert p.returncode == cli.EX_INCOMPLETE, p.stderr
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and " transitions could not run (first: " in lines[0], lines
+
+
+@requires_root
+def test_ctrl_c_as_pid_1_of_a_pid_namespace_without_its_own_proc(faults_so: Path, tmp_path: Path) -> None:
+    # `unshare --pid --fork` without --mount-proc: /proc shows the parent
+    # namespace, whose pids mean other processes here.  The supervisor walked
+    # that tree from "its" pid 1 (the machine's init), signalled hundreds of
+    # numbers, said "ended 833 processes" and, having missed its own worker,
+    # waited 5 s to say "cleanup not verified".
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1)")
+    tmp_path.chmod(0o755)
+    run = Run(faults_so, tmp_path / "v", ["model", "--timeout", "0.5"], ["unshare", "--pid", "--fork"])
+    run.wait_for_hanging_children()
+    seen = len(run.processes())
+    os.killpg(run.proc.pid, signal.SIGINT)
+    _, err = run.proc.communicate(timeout=30)
+    assert run.proc.returncode == 130, err
+    m = re.fullmatch(r"uidprobe: interrupted by SIGINT; ended (\d+) process(es)?; nothing left running\n", err.decode())
+    assert m is not None, err
+    assert 1 <= int(m.group(1)) <= seen + 64  # what ran, and at most a window of children forked since
+    assert run.left_after(1.0) == []
 
 
 if __name__ == "__main__":  # pragma: no cover

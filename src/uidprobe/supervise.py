@@ -70,22 +70,61 @@ def _prctl(option: int, arg: int) -> int:
     return 0
 
 
-def _children_by_parent() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
+def _proc_level() -> int | None:
+    """Where this process's pid namespace sits in the NSpid lines of /proc:
+    0 when /proc is this namespace's own (the usual case), None when /proc
+    cannot place this process (not mounted, or a namespace below ours)."""
     try:
-        names = os.listdir("/proc")
+        if os.readlink("/proc/self") == str(os.getpid()):
+            return 0
+        nspid = _status("self").get("NSpid", "").split()
+    except OSError:
+        return None
+    return len(nspid) - 1 if nspid and nspid[-1] == str(os.getpid()) else None
+
+
+def _status(name: str) -> dict[str, str]:
+    with open(f"/proc/{name}/status", encoding="utf-8", errors="replace") as f:
+        return dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """{parent pid: its child pids} over every process, as pids of this
+    process's namespace.  A /proc mounted for a parent namespace (``unshare
+    --pid`` without --mount-proc) numbers the processes of that namespace,
+    which mean others here: each is placed by its NSpid line, and one that
+    is not in this namespace is left out."""
+    tree: dict[int, list[int]] = {}
+    level = _proc_level()
+    try:
+        names = [n for n in os.listdir("/proc") if n.isdigit()]
     except OSError:
         return tree
+    if level is None:
+        return tree  # nothing can be placed: the reaping proves nothing left, or says it is not verified
+    if level == 0:
+        for name in names:
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+                ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone since the listing
+            tree.setdefault(ppid, []).append(int(name))
+        return tree
+    here: dict[str, int] = {}  # /proc's number -> the pid here
+    parents: dict[str, str] = {}
     for name in names:
-        if not name.isdigit():
-            continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+            status = _status(name)
+            nspid = status["NSpid"].split()
+            if len(nspid) > level:
+                here[name], parents[name] = int(nspid[level]), status["PPid"].strip()
+        except (OSError, KeyError, ValueError):
             continue  # gone since the listing
-        tree.setdefault(ppid, []).append(int(name))
+    for name, pid in here.items():
+        if parents[name] in here:
+            tree.setdefault(here[parents[name]], []).append(pid)
     return tree
 
 
@@ -105,8 +144,10 @@ def stop_and_kill(root: int) -> set[int]:
         if not new:
             break
         for pid in new:
-            with contextlib.suppress(OSError):  # gone already
+            try:
                 os.kill(pid, signal.SIGSTOP)
+            except OSError:
+                continue  # gone already: not one this process ended
             stopped.add(pid)
     for pid in stopped:
         with contextlib.suppress(OSError):
