@@ -115,5 +115,45 @@ def test_ctrl_c_as_pid_1_of_a_pid_namespace_without_its_own_proc(faults_so: Path
     assert run.left_after(1.0) == []
 
 
+# Exec the command with prctl(PR_SET_CHILD_SUBREAPER) refused (EPERM) by a
+# seccomp filter, as a sandbox could: the supervisor cannot prove its cleanup.
+NO_SUBREAPER = """
+import ctypes, errno, os, sys
+sys.path.insert(0, {tests!r})
+import seccomp_filter as sf
+(nr,) = sf.syscall_numbers(("prctl",))
+ARG0 = 16 if sys.byteorder == "little" else 20  # seccomp_data.args[0], its low 32 bits
+I = sf._Insn
+prog = [I(sf.BPF_LD_W_ABS, 0, 0, 0), I(sf.BPF_JEQ_K, 0, 3, nr), I(sf.BPF_LD_W_ABS, 0, 0, ARG0),
+        I(sf.BPF_JEQ_K, 0, 1, 36), I(sf.BPF_RET_K, 0, 0, sf.SECCOMP_RET_ERRNO | errno.EPERM),
+        I(sf.BPF_RET_K, 0, 0, sf.SECCOMP_RET_ALLOW)]
+array = (I * len(prog))(*prog)
+libc = ctypes.CDLL(None, use_errno=True)
+arg = ctypes.c_ulong
+if libc.prctl(sf.PR_SET_SECCOMP, arg(sf.SECCOMP_MODE_FILTER), ctypes.byref(sf._Prog(len(prog), array)), arg(0), arg(0)):
+    raise OSError(ctypes.get_errno(), "seccomp")
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+@requires_root
+def test_without_the_subreaper_ctrl_c_says_the_cleanup_is_not_verified(faults_so: Path, tmp_path: Path) -> None:
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler (the filter reads <sys/syscall.h>)")
+    tmp_path.chmod(0o755)
+    prefix = [sys.executable, "-c", NO_SUBREAPER.format(tests=str(Path(__file__).parent))]
+    run = Run(faults_so, tmp_path / "v", ["model", "--timeout", "0.5"], prefix)
+    run.wait_for_hanging_children()
+    os.killpg(run.proc.pid, signal.SIGINT)
+    _, err = run.proc.communicate(timeout=30)
+    assert run.proc.returncode == 130, err
+    assert re.fullmatch(
+        r"uidprobe: interrupted by SIGINT; ended \d+ process(es)?; "
+        r"cleanup not verified \(cannot be the reaper of its children: EPERM\)\n",
+        err.decode(),
+    ), err
+    assert run.left_after(1.0) == []  # the parent-death signals still took them
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
