@@ -29,8 +29,8 @@
 #define UP_OP_AMBIENT_CLEAR 13 // prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
 // Per-thread credentials (Linux).  The set calls are the raw system calls,
 // which change only the calling thread (the C library's wrappers broadcast
-// to every thread); ENOSYS where there is no raw system call instruction.
-#define UP_OP_THREAD_START 14      // probe children only: start a sibling thread (raw clone)
+// to every thread); ENOSYS off Linux.
+#define UP_OP_THREAD_START 14      // probe children only: start a sibling thread (clone)
 #define UP_OP_THREAD_SETRESUID 15  // SYS_setresuid, this thread only
 #define UP_OP_THREAD_SETRESGID 16  // SYS_setresgid, this thread only
 #define UP_OP_THREAD_SETGROUPS 17  // SYS_setgroups, this thread only
@@ -64,8 +64,9 @@
 #define UP_HAVE_SETRESUID 2
 #define UP_HAVE_GETRESGID 4
 #define UP_HAVE_SETRESGID 8
-#define UP_HAVE_THREAD_OPS 16     // the UP_OP_THREAD_* steps exist (raw system calls and clone)
+#define UP_HAVE_THREAD_OPS 16     // the UP_OP_THREAD_* steps exist (Linux: raw system calls and clone)
 #define UP_FAULT_THREAD_BROADCAST 32 // test build: thread set calls also change the sibling
+#define UP_HAVE_RAW_SYSCALLS 64   // the kernel read-back is the system call instruction itself (rawsys.h), not syscall()
 
 struct up_step {
     int op;
@@ -187,12 +188,33 @@ int up_switch(const struct up_step *steps, const struct up_expect *expect, int n
 // this one batch and ends with it (or with this process).  Same layout of
 // `records` and `outcomes` as up_run_batch(), including outcomes[i].error
 // for a scenario whose child the runner could not fork.  Returns 0 when
-// every outcome was received; -1 with outcomes[0].error/failed_call set when
-// the runner could not be started or failed (the caller may then fall back
-// to up_run_batch()).
+// every outcome was received; -1 with every outcome not received saying
+// why (error/failed_call) when the runner could not be started or failed
+// (the caller may then fall back to up_run_batch()); UP_RUNNER_FOREIGN when
+// the runner announced another wire format (up_wire_abi): nothing was sent
+// to it, and nothing may fall back (the installation is broken, or the
+// runner chosen cannot serve this engine).
 int up_spawn_batch(const char *runner,
                    const struct up_step *steps, const int *counts, int nscenarios,
                    struct up_record *records, struct up_outcome *outcomes,
                    int timeout_ms);
+
+// The runner announced another wire format than this engine's.
+#define UP_RUNNER_FOREIGN 3
+// The longest announcement, with its NUL.
+#define UP_WIRE_ABI_MAX 160
+
+// This build's announcement, as the runner sends it (without the newline):
+// "uidprobe-wire/VERSION BITS ORDER header=N step=N record=N outcome=N",
+// the word size in bits, the byte order and the size of every struct on the
+// wire, so a runner built for another architecture or ABI is recognised.
+// Its length, or -1 when `len` is too small.
+int up_wire_abi(char *buf, int len);
+
+// What the runner program `runner` announces (started with no request, it
+// then exits): 0 with the line in buf, or an errno (EPIPE: it ended without
+// announcing; ETIMEDOUT; EPROTO: not one line).  For saying which wire
+// format a refused runner speaks.
+int up_runner_abi(const char *runner, char *buf, int len, int timeout_ms);
 
 #endif

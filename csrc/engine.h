@@ -34,7 +34,11 @@ void up_read_record(struct up_record *r);
 // ------------------------------------------------------------ wire.c
 
 // Wire format between up_spawn_batch() and the runner program (runner.c):
-// both are built from this header by the same compiler, so raw structs.
+// raw structs, so both must be built from this header for the same ABI.
+// The runner's first words are a line of text saying which (up_wire_abi in
+// api.h), and the engine sends nothing to a runner whose line differs from
+// its own.  UP_WIRE_VERSION changes whenever a struct's meaning does.
+#define UP_WIRE_VERSION 1
 #define UP_BATCH_MAGIC 0x75696470 // "uidp"
 
 struct up_batch_header {

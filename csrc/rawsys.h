@@ -3,9 +3,19 @@
  *
  * The kernel read-back must not go through any function an LD_PRELOAD
  * library can interpose: not getresuid(), and not syscall() either (it is an
- * ordinary exported symbol).  On x86_64 and aarch64 the call is made with the
- * instruction itself; elsewhere syscall() is the best there is, and a
- * preloaded root process can be lied to there (documented).
+ * ordinary exported symbol).  Where this header knows the architecture's
+ * system call convention (x86_64, aarch64, i386, s390x) the call is made with
+ * the instruction itself; elsewhere syscall() is the best there is, and a
+ * preloaded root process can be lied to there (documented).  The numbers are
+ * the kernel's own (<sys/syscall.h>: SYS_* from <asm/unistd.h>), so each
+ * architecture gets its own.
+ *
+ * The x86_64 and aarch64 paths pass every argument in a 64-bit register as
+ * a `long`: they are chosen only where long and pointers are 64 bits
+ * (__LP64__).  x32 (__x86_64__ with __ILP32__) and aarch64's ILP32 have the
+ * instruction but not that model: they take syscall().
+ * tests/test_c_portability.py checks the choice with each compiler's own
+ * predefined macros (-m64, -m32, -mx32).
  *
  * up_sys() returns what the kernel returns: a value >= 0, or -errno.
  * Async-signal-safe: no state, no errno.
@@ -15,10 +25,10 @@
 
 #ifdef __linux__
 #include <errno.h>
-#include <sched.h> // CLONE_* (with _GNU_SOURCE, which the includer defines)
+#include <sched.h> // clone(), CLONE_* (with _GNU_SOURCE, which the includer defines)
 #include <sys/syscall.h>
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__LP64__)
 #define UP_RAW_SYSCALLS 1
 static inline long up_sys(long n, long a, long b, long c, long d, long e)
 {
@@ -31,7 +41,7 @@ static inline long up_sys(long n, long a, long b, long c, long d, long e)
                      : "rcx", "r11", "memory");
     return ret;
 }
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) && defined(__LP64__)
 #define UP_RAW_SYSCALLS 1
 static inline long up_sys(long n, long a, long b, long c, long d, long e)
 {
@@ -44,8 +54,36 @@ static inline long up_sys(long n, long a, long b, long c, long d, long e)
     __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4) : "memory", "cc");
     return x0;
 }
+#elif defined(__i386__)
+#define UP_RAW_SYSCALLS 1
+// int $0x80: every x86 kernel has it (and a 64-bit one running 32-bit
+// programs), without the vDSO entry the C library looks up.  Arguments in
+// ebx, ecx, edx, esi, edi; the result in eax.
+static inline long up_sys(long n, long a, long b, long c, long d, long e)
+{
+    long ret;
+    __asm__ volatile("int $0x80"
+                     : "=a"(ret)
+                     : "0"(n), "b"(a), "c"(b), "d"(c), "S"(d), "D"(e)
+                     : "memory");
+    return ret;
+}
+#elif defined(__s390x__)
+#define UP_RAW_SYSCALLS 1
+// svc 0 with the number in r1 (any number, not only those below 256);
+// arguments in r2-r6, the result in r2.
+static inline long up_sys(long n, long a, long b, long c, long d, long e)
+{
+    register long r1 __asm__("r1") = n;
+    register long r2 __asm__("r2") = a;
+    register long r3 __asm__("r3") = b;
+    register long r4 __asm__("r4") = c;
+    register long r5 __asm__("r5") = d;
+    register long r6 __asm__("r6") = e;
+    __asm__ volatile("svc 0" : "+d"(r2) : "d"(r1), "d"(r3), "d"(r4), "d"(r5), "d"(r6) : "memory", "cc");
+    return r2;
+}
 #else
-#include <errno.h>
 #include <unistd.h>
 #define UP_RAW_SYSCALLS 0
 static inline long up_sys(long n, long a, long b, long c, long d, long e)
@@ -81,84 +119,30 @@ static inline long up_sys(long n, long a, long b, long c, long d, long e)
 #define UP_SYS_SETGROUPS SYS_setgroups
 #endif
 
-// A thread of this process, started without the C library: clone() with
-// CLONE_THREAD and the rest, on a stack the caller provides.  The new
-// thread runs fn(arg) and then SYS_exit (that thread only).  The C library
-// does not know the thread: no TLS of its own (it shares the caller's TLS
-// pointer, so fn must not touch errno or any thread-local state), and no
-// pthread_* call may name it.  What makes this usable in a forked child of
-// a multithreaded process, where pthread_create is not async-signal-safe:
-// it is one system call.  Returns the thread id, or -errno; -ENOSYS where
-// there is no system call instruction to use.
+// A thread of this process: the C library's clone() with CLONE_THREAD and
+// the rest, on a stack the caller provides.  The new thread runs fn(arg)
+// and then exits (that thread only).  clone() is the system call with the
+// architecture's register dance around it, and nothing else: no lock, no
+// allocation, unlike pthread_create, so it may be called in a forked child
+// of a multithreaded process.  The C library does not know the thread: no
+// TLS of its own (it shares the caller's TLS pointer, so fn must not touch
+// errno or any thread-local state), and no pthread_* call may name it.
+// Every Linux architecture and C library has clone(); qemu-user turns it
+// into a host thread with its own credentials.  Returns the thread id, or
+// -errno.
 #define UP_CLONE_THREAD_FLAGS \
     (CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM)
 
-#if defined(__x86_64__)
-#define UP_RAW_CLONE 1
-static inline long up_clone_thread(void *stack_top, void (*fn)(void *), void *arg)
+static inline long up_clone_thread(void *stack_top, int (*fn)(void *), void *arg)
 {
-    long ret;
-    // fn and arg travel on the new stack: after the system call the child
-    // has only that stack and the registers.
-    void **sp = (void **)((unsigned long)stack_top & ~15UL);
-    *--sp = arg;
-    *--sp = (void *)fn;
-    register long r10 __asm__("r10") = 0; // child_tid
-    register long r8 __asm__("r8") = 0;   // tls
-    __asm__ volatile("syscall\n\t"
-                     "testq %%rax, %%rax\n\t"
-                     "jnz 1f\n\t"
-                     // the new thread: rsp == sp
-                     "xorl %%ebp, %%ebp\n\t"
-                     "popq %%rax\n\t"
-                     "popq %%rdi\n\t"
-                     "callq *%%rax\n\t"
-                     "movl %[nr_exit], %%eax\n\t"
-                     "xorl %%edi, %%edi\n\t"
-                     "syscall\n\t"
-                     "hlt\n"
-                     "1:\n\t"
-                     : "=a"(ret)
-                     : "0"((long)SYS_clone), "D"((long)UP_CLONE_THREAD_FLAGS), "S"(sp), "d"(0L), "r"(r10),
-                       "r"(r8), [nr_exit] "i"(SYS_exit)
-                     : "rcx", "r11", "memory");
-    return ret;
+    int saved = errno;
+    long r = clone(fn, (void *)((unsigned long)stack_top & ~15UL), UP_CLONE_THREAD_FLAGS, arg);
+    if (r == -1) {
+        r = -errno;
+        errno = saved;
+    }
+    return r;
 }
-#elif defined(__aarch64__)
-#define UP_RAW_CLONE 1
-static inline long up_clone_thread(void *stack_top, void (*fn)(void *), void *arg)
-{
-    register long x8 __asm__("x8") = SYS_clone;
-    register long x0 __asm__("x0") = UP_CLONE_THREAD_FLAGS;
-    register long x1 __asm__("x1") = (long)stack_top & ~15L;
-    register long x2 __asm__("x2") = 0; // parent_tid
-    register long x3 __asm__("x3") = 0; // tls
-    register long x4 __asm__("x4") = 0; // child_tid
-    // fn and arg travel in registers, which the new thread inherits.
-    register long x9 __asm__("x9") = (long)fn;
-    register long x10 __asm__("x10") = (long)arg;
-    __asm__ volatile("svc 0\n\t"
-                     "cbnz x0, 1f\n\t"
-                     "mov x29, xzr\n\t"
-                     "mov x0, x10\n\t"
-                     "blr x9\n\t"
-                     "mov x8, %[nr_exit]\n\t"
-                     "mov x0, xzr\n\t"
-                     "svc 0\n"
-                     "1:\n\t"
-                     : "+r"(x0)
-                     : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x9), "r"(x10), [nr_exit] "i"(SYS_exit)
-                     : "memory", "cc");
-    return x0;
-}
-#else
-#define UP_RAW_CLONE 0
-static inline long up_clone_thread(void *stack_top, void (*fn)(void *), void *arg)
-{
-    (void)stack_top, (void)fn, (void)arg;
-    return -ENOSYS;
-}
-#endif
 #endif /* __linux__ */
 
 #endif

@@ -20,7 +20,9 @@
  * that how each ended (killed from outside, or finished) were lost.
  *
  * stdin:  struct up_batch_header, int counts[n], struct up_step steps[total]
- * stdout: for each scenario, struct up_outcome then `nrecords` records
+ * stdout: first the wire format's announcement, one line of text
+ *         (up_wire_abi in api.h), before reading anything; then for each
+ *         scenario, struct up_outcome then `nrecords` records
  * exit:   0 all ran; 1 bad input; 2 a child could not be started (the
  *         outcome of that scenario carries the errno; the rest still ran);
  *         3 output failed; 6 the parent had died
@@ -148,6 +150,15 @@ int main(int argc, char **argv)
     if (up_die_with_parent((int)parent) != 0)
         return 6;
     signal(SIGCHLD, SIG_DFL); // the children's statuses are this process's evidence
+    // Which wire format this build speaks, before anything is read: the
+    // caller sends nothing to a runner built for another ABI.
+    char line[UP_WIRE_ABI_MAX];
+    int n = up_wire_abi(line, (int)sizeof line - 1);
+    if (n < 0)
+        return 3;
+    line[n++] = '\n';
+    if (up_write_all(1, line, (size_t)n) != 0)
+        return 3;
     struct up_batch_header h;
     if (up_read_exact(0, &h, sizeof h, -1) != 0)
         return 1;

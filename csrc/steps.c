@@ -188,10 +188,11 @@ static void kernel_ids(long long uid[3], long long gid[3], long long *fsuid, lon
 static int kernel_groups(long long *out, int max);
 
 // The sibling thread of a probe child (UP_OP_THREAD_START).  It is started
-// with a raw clone() on a static stack, not pthread_create(): the child was
-// forked from a possibly multithreaded caller, where pthread_create is not
-// async-signal-safe (it allocates, and takes locks another thread may have
-// held at fork time).  The runner (a single-threaded process) could have
+// with the C library's clone() on a static stack (rawsys.h), not
+// pthread_create(): the child was forked from a possibly multithreaded
+// caller, where pthread_create is not async-signal-safe (it allocates, and
+// takes locks another thread may have held at fork time); clone() is the
+// system call alone.  The runner (a single-threaded process) could have
 // used pthread_create, but the children are also forked from the caller
 // itself (Transport.FORK, and when no runner is installed): one mechanism
 // for both.  The sibling makes raw system calls and plain stores only, and
@@ -222,7 +223,7 @@ static void futex_wake(int *addr)
     (void)up_sys(SYS_futex, (long)addr, FUTEX_WAKE_PRIVATE, 1, 0, 0);
 }
 
-__attribute__((noreturn)) static void sibling_main(void *unused)
+__attribute__((noreturn)) static int sibling_main(void *unused)
 {
     (void)unused;
     int seen = 0;
@@ -750,11 +751,14 @@ int up_features(void)
 #ifdef HAVE_SETRESGID
     f |= UP_HAVE_SETRESGID;
 #endif
-#if defined(__linux__) && UP_RAW_CLONE
+#ifdef __linux__
     f |= UP_HAVE_THREAD_OPS;
 #endif
 #ifdef UP_FAULT_THREAD_BROADCAST_BUILD
     f |= UP_FAULT_THREAD_BROADCAST;
+#endif
+#if defined(__linux__) && UP_RAW_SYSCALLS
+    f |= UP_HAVE_RAW_SYSCALLS;
 #endif
     return f;
 }

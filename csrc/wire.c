@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -129,6 +130,96 @@ static int spawn_runner(char *const argv[], pid_t *pid, int *to, int *from)
     return 0;
 }
 
+// The runner's argv: its path and this process's pid, which it checks is
+// its parent's (see runner.c).  `parent` holds the digits.
+static void runner_argv(const char *runner, char parent[24], char *argv[3])
+{
+    int k = 23;
+    parent[k] = '\0';
+    long p = (long)getpid();
+    do
+        parent[--k] = (char)('0' + p % 10);
+    while ((p /= 10) > 0 && k > 0);
+    argv[0] = (char *)runner;
+    argv[1] = parent + k;
+    argv[2] = NULL;
+}
+
+int up_wire_abi(char *buf, int len)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    const char *order = "big";
+#else
+    const char *order = "little";
+#endif
+    int n = snprintf(buf, (size_t)len, "uidprobe-wire/%d %d %s header=%zu step=%zu record=%zu outcome=%zu",
+                     UP_WIRE_VERSION, (int)(sizeof(void *) * 8), order, sizeof(struct up_batch_header),
+                     sizeof(struct up_step), sizeof(struct up_record), sizeof(struct up_outcome));
+    return n < 0 || n >= len ? -1 : n;
+}
+
+// Read a runner's announcement: one line, at most UP_WIRE_ABI_MAX bytes,
+// into buf without its newline.  0, or an errno (EPIPE: it ended before
+// announcing; EPROTO: no line, or more than one).
+static int read_announcement(int fd, char buf[UP_WIRE_ABI_MAX], int timeout_ms)
+{
+    size_t have = 0;
+    long long deadline = up_now_ms() + timeout_ms;
+    while (have < UP_WIRE_ABI_MAX - 1) {
+        long long left = deadline - up_now_ms();
+        if (left <= 0)
+            return ETIMEDOUT;
+        struct pollfd pf = {.fd = fd, .events = POLLIN};
+        int r = poll(&pf, 1, left > 1000000 ? 1000000 : (int)left);
+        if (r < 0 && errno != EINTR)
+            return errno;
+        if (r <= 0)
+            continue;
+        // The runner writes its line and then waits for the request: the
+        // line is all there is to read.
+        ssize_t n = read(fd, buf + have, UP_WIRE_ABI_MAX - 1 - have);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return errno;
+        if (n == 0)
+            return EPIPE;
+        have += (size_t)n;
+        char *nl = memchr(buf, '\n', have);
+        if (nl != NULL) {
+            *nl = '\0';
+            return nl == buf + have - 1 ? 0 : EPROTO;
+        }
+    }
+    return EPROTO;
+}
+
+int up_runner_abi(const char *runner, char *buf, int len, int timeout_ms)
+{
+    if (len < 1 || timeout_ms <= 0)
+        return EINVAL;
+    buf[0] = '\0';
+    char parent[24], *argv[3];
+    runner_argv(runner, parent, argv);
+    pid_t pid;
+    int to, from;
+    int err = spawn_runner(argv, &pid, &to, &from);
+    if (err != 0)
+        return err;
+    close_once(to); // no request: after its announcement it reads EOF and exits
+    char line[UP_WIRE_ABI_MAX];
+    err = read_announcement(from, line, timeout_ms);
+    close_once(from);
+    if (err != 0)
+        kill(pid, SIGKILL); // our unreaped child: the pid is still ours
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (err == 0)
+        snprintf(buf, (size_t)len, "%s", line);
+    return err;
+}
+
 // Send one request.  0, or an errno (EPIPE: the runner had ended).
 // SIGPIPE is not our business: a runner that died shows up as EPIPE here.
 static int send_batch(int fd, const struct up_step *steps, const int *counts, int nscenarios, int total,
@@ -153,7 +244,18 @@ static int send_batch(int fd, const struct up_step *steps, const int *counts, in
     return werr;
 }
 
-// Read one reply.  0, or -1 with that scenario's outcome saying why.
+// Scenarios from..n-1 got no reply: each says why (not only the first, or
+// the rest would read as children that ended without a record).
+static void fail_from(struct up_outcome *outcomes, int from, int n, const char *call, int err)
+{
+    for (int i = from; i < n; i++) {
+        memset(&outcomes[i], 0, sizeof outcomes[i]);
+        up_fail(&outcomes[i], call, err);
+    }
+}
+
+// Read one reply.  0, or -1 with the outcome of every scenario not received
+// saying why.
 static int receive(int fd, const int *counts, int nscenarios, struct up_record *records,
                    struct up_outcome *outcomes, int timeout_ms, int slack_ms)
 {
@@ -164,18 +266,14 @@ static int receive(int fd, const int *counts, int nscenarios, struct up_record *
     for (int i = 0; i < nscenarios; i++) {
         struct up_outcome *o = &outcomes[i];
         if (up_read_exact(fd, o, sizeof *o, limit) != 0) {
-            int e = errno;
-            memset(o, 0, sizeof *o);
-            up_fail(o, "runner", e);
+            fail_from(outcomes, i, nscenarios, "runner", errno);
             return -1;
         }
         // A child the runner could not fork is that scenario's outcome.
         o->failed_call = o->error ? "fork (in the runner)" : NULL;
         if (o->nrecords < 0 || o->nrecords > counts[i] ||
             up_read_exact(fd, records + (size_t)i * UP_MAX_STEPS, (size_t)o->nrecords * sizeof *records, limit) != 0) {
-            int e = errno ? errno : EPROTO;
-            memset(o, 0, sizeof *o);
-            up_fail(o, "runner", e);
+            fail_from(outcomes, i, nscenarios, "runner", errno ? errno : EPROTO);
             return -1;
         }
     }
@@ -214,34 +312,35 @@ int up_spawn_batch(const char *runner,
     if (nscenarios <= 0)
         return 0;
     // The runner checks that its parent is this process (see runner.c).
-    char parent[24];
-    int k = (int)sizeof parent - 1;
-    parent[k] = '\0';
-    long p = (long)getpid();
-    do
-        parent[--k] = (char)('0' + p % 10);
-    while ((p /= 10) > 0 && k > 0);
-    char *argv[] = {(char *)runner, parent + k, NULL};
+    char parent[24], *argv[3];
+    runner_argv(runner, parent, argv);
     pid_t pid;
     int to, from;
     int err = spawn_runner(argv, &pid, &to, &from);
     if (err != 0) {
-        up_fail(&outcomes[0], "posix_spawn", err);
+        fail_from(outcomes, 0, nscenarios, "posix_spawn", err);
         return -1;
     }
-    // The runner reads all of its input before writing anything, so writing
-    // everything first cannot deadlock.
-    int werr = send_batch(to, steps, counts, nscenarios, (int)total, timeout_ms);
-    close_once(to);
-    int rc = 0;
-    if (werr) {
-        up_fail(&outcomes[0], "write to runner", werr);
+    // The runner announces its wire format first; nothing is sent to one
+    // built for another (its structs would be misread on both sides, and
+    // its children would run garbled steps).
+    char line[UP_WIRE_ABI_MAX], mine[UP_WIRE_ABI_MAX];
+    int rc = 0, werr = read_announcement(from, line, UP_RUNNER_SLACK_MS + timeout_ms);
+    if (werr != 0) {
+        fail_from(outcomes, 0, nscenarios, "runner", werr);
         rc = -1;
-    } else if (receive(from, counts, nscenarios, records, outcomes, timeout_ms, 2 * UP_RUNNER_SLACK_MS) != 0) {
-        if (!outcomes[0].error)
-            up_fail(&outcomes[0], "runner", EPIPE);
+    } else if (up_wire_abi(mine, sizeof mine) < 0 || strcmp(line, mine) != 0) {
+        fail_from(outcomes, 0, nscenarios, "runner", EPROTO);
+        rc = UP_RUNNER_FOREIGN;
+    } else if ((werr = send_batch(to, steps, counts, nscenarios, (int)total, timeout_ms)) != 0) {
+        // The runner reads all of its input before writing anything, so
+        // writing everything first cannot deadlock.
+        fail_from(outcomes, 0, nscenarios, "write to runner", werr);
         rc = -1;
     }
+    close_once(to); // a runner not sent the request reads EOF and exits
+    if (rc == 0 && receive(from, counts, nscenarios, records, outcomes, timeout_ms, 2 * UP_RUNNER_SLACK_MS) != 0)
+        rc = -1;
     close_once(from);
     if (rc != 0)
         kill(pid, SIGKILL); // our unreaped child: the pid is still ours

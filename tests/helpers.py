@@ -47,6 +47,48 @@ requires_tools = pytest.mark.skipif(
 )
 
 
+def _user_namespaces_work() -> bool:
+    """Can this process start one?  Not under qemu-user (unshare gives
+    EINVAL), in a chroot (EPERM), or where the administrator disabled them."""
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-U", "true"], capture_output=True, check=False).returncode == 0
+
+
+#: Tests that start a user namespace (``unshare -U``).
+requires_userns = pytest.mark.skipif(
+    not _user_namespaces_work(),
+    reason="needs user namespaces: 'unshare -U' fails here (qemu-user refuses them with EINVAL, a chroot with "
+    "EPERM; or they are disabled)",
+)
+
+
+def _subreaper_works() -> bool:
+    """Can a process become a child subreaper?  Not under qemu-user (EINVAL)."""
+    code = "import ctypes, sys; sys.exit(ctypes.CDLL(None).prctl(36, 1, 0, 0, 0))  # PR_SET_CHILD_SUBREAPER"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode == 0
+
+
+#: Tests that make a process a child subreaper.
+requires_subreaper = pytest.mark.skipif(
+    not _subreaper_works(), reason="PR_SET_CHILD_SUBREAPER is refused here (qemu-user gives EINVAL)"
+)
+
+
+def _engine_builds_thread_ops() -> bool:
+    from uidprobe.engine import default_engine
+
+    return default_engine().built.thread_ops
+
+
+#: Tests of per-thread identity (THREAD_CREDENTIALS, scope="thread"): the
+#: engine's build facts say whether the per-thread calls exist (Linux).
+requires_thread_ops = pytest.mark.skipif(
+    not _engine_builds_thread_ops(),
+    reason="this build of the engine has no per-thread calls (THREAD_CREDENTIALS cannot be 1 here)",
+)
+
+
 def _interpreter_runs_as_another_user() -> bool:
     """Can this interpreter start at all as nobody?  Not when it lives under
     a private directory (pyenv under /root with a shared libpython)."""

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Account, requires_useradd, run_python, temporary_account
+from helpers import Account, requires_thread_ops, requires_useradd, run_python, temporary_account
 from procinfo import identity
 from uidprobe.engine import MAX_SWITCH_GROUPS
 from uidprobe.privileges import InvalidTargetError, PrivilegeError, Switcher, current_identity
 
 RES = {"HASSETRESUID": 1, "HASSETRESGID": 1, "THREAD_CREDENTIALS": 1}
-SCOPES = ["process", "thread"]
+SCOPES = ["process", pytest.param("thread", marks=requires_thread_ops)]
 
 pytestmark = requires_useradd
 

@@ -321,15 +321,16 @@ def test_a_thread_that_kept_its_capabilities_through_a_permanent_drop_is_named_f
         "    error = None\n"
         "except VerificationError as e:\n"
         "    error = str(e)\n"
+        "name = open(f'/proc/self/task/{t.native_id}/comm').read().strip()\n"
         "stop.set()\n"
         "t.join()\n"
-        "print(json.dumps({'tid': t.native_id, 'error': error}))\n"
+        "print(json.dumps({'tid': t.native_id, 'name': name, 'error': error}))\n"
     )
     out = run_json(code)
     assert out["error"] == (
-        f"after the permanent drop, thread {out['tid']} holds the dropped ids (uids 65534, gids 65534, no groups) "
-        "but still holds capabilities (CapPrm=0x1fffeffffff CapEff=0x0 CapAmb=0x0): the kernel kept them for that "
-        "thread (PR_SET_KEEPCAPS or a securebit set in it); exit now"
+        f"after the permanent drop, thread {out['tid']} ({out['name']!r}) holds the dropped ids "
+        "(uids 65534, gids 65534, no groups) but still holds capabilities (CapPrm=0x1fffeffffff CapEff=0x0 "
+        "CapAmb=0x0): the kernel kept them for that thread (PR_SET_KEEPCAPS or a securebit set in it); exit now"
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import requires_root, requires_tools, run_cli
+from helpers import requires_root, requires_subreaper, requires_tools, run_cli
 from test_disturb import HANGS_AS_UID_1, attacked, faults, loop  # noqa: F401 (loop: a fixture)
 from test_hardening import pids_cgroup
 from test_interrupts import Run
@@ -94,6 +94,7 @@ def test_model_under_a_pids_limit_that_refuses_its_threads_says_what_could_not_r
 
 
 @requires_root
+@requires_subreaper
 def test_ctrl_c_as_pid_1_of_a_pid_namespace_without_its_own_proc(faults_so: Path, tmp_path: Path) -> None:
     # `unshare --pid --fork` without --mount-proc: /proc shows the parent
     # namespace, whose pids mean other processes here.  The supervisor walked

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from helpers import requires_other_user, requires_root, run_python
+from helpers import requires_other_user, requires_root, requires_thread_ops, run_python
 from procinfo import capget_sets, status_caps
 from uidprobe import store, trust
 from uidprobe.names import OBSERVED
@@ -295,6 +295,7 @@ def test_a_process_whose_securebits_keep_capabilities_across_setuid_cannot_test(
     assert observed["SETUID_PERMANENT"][1].startswith("this process cannot test: SECBIT_NO_SETUID_FIXUP is set")
 
 
+@requires_thread_ops
 def test_a_thread_switched_on_its_own_is_judged_by_its_own_credentials_not_the_main_threads() -> None:
     code = (
         "import json, threading, uidprobe\n"

@@ -23,6 +23,7 @@ from helpers import (
     requires_other_user,
     requires_root,
     requires_tools,
+    requires_userns,
     run_python,
 )
 from procinfo import identity
@@ -98,6 +99,7 @@ def test_without_privilege_every_probe_is_undetermined_with_the_reason(prefix: l
 
 @requires_root
 @requires_tools
+@requires_userns
 def test_user_namespace_mapping_only_root_is_undetermined_naming_the_map() -> None:
     proc = in_user_namespace(
         "import json, uidprobe; print(json.dumps({n: [r.verdict, r.reason] for n, r in uidprobe.probe().items()}))",
@@ -113,6 +115,7 @@ def test_user_namespace_mapping_only_root_is_undetermined_naming_the_map() -> No
 
 @requires_root
 @requires_tools
+@requires_userns
 def test_user_namespace_with_a_partial_map_probes_with_mapped_ids() -> None:
     proc = in_user_namespace(
         "import json, uidprobe; r = uidprobe.probe(); "
@@ -129,6 +132,7 @@ def test_user_namespace_with_a_partial_map_probes_with_mapped_ids() -> None:
 
 @requires_root
 @requires_tools
+@requires_userns
 def test_user_namespace_with_too_few_gids_leaves_only_gid_probes_undetermined() -> None:
     proc = in_user_namespace(
         "import json, uidprobe; print(json.dumps({n: [r.verdict, r.reason] for n, r in uidprobe.probe().items()}))",
@@ -143,6 +147,7 @@ def test_user_namespace_with_too_few_gids_leaves_only_gid_probes_undetermined() 
 
 @requires_root
 @requires_tools
+@requires_userns
 def test_user_namespace_denying_setgroups_leaves_that_probe_undetermined() -> None:
     # An unprivileged writer must deny setgroups before writing gid_map; here
     # the probe sees "deny" and must say so instead of reporting "broken".

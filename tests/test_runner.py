@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import requires_cc, requires_root, run_python
+from helpers import requires_cc, requires_root, requires_subreaper, run_python
 from procinfo import children_of_this_process, zombies_of_this_process
 from uidprobe import _engine
 from uidprobe.engine import Engine, Op, Step, default_engine
@@ -120,6 +120,7 @@ def test_a_stricter_seccomp_filter_added_between_batches_judges_the_next_batch_i
     assert True not in inside.values(), inside
 
 
+@requires_subreaper
 def test_a_subreaper_caller_leaves_no_zombie() -> None:
     # The supervisor of the command line is a subreaper: runners and probe
     # children are its descendants, and every one is reaped.

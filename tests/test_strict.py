@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, requires_cc, requires_root, requires_tools, run_cli, run_python
+from helpers import ROOT, requires_cc, requires_root, requires_tools, requires_userns, run_cli, run_python
 from uidprobe import cli, store
 from uidprobe.names import OBSERVED
 from uidprobe.verdicts import Result
@@ -78,6 +78,7 @@ STRICT_CODE = (
 
 
 @requires_tools
+@requires_userns
 def test_define_macros_strict_raises_without_measured_values_and_warns_otherwise(store_dir: Path) -> None:
     p = run_python(STRICT_CODE, env={store.ENV_VAR: str(store_dir / "none")}, prefix=UNSHARE)
     assert p.returncode == 0, p.stderr
@@ -155,6 +156,7 @@ def test_a_downstream_build_as_nobody_without_a_store_warns_and_builds_otherwise
 
 
 @requires_tools
+@requires_userns
 def test_uidprobe_strict_in_the_environment_makes_define_macros_strict(store_dir: Path) -> None:
     code = "import uidprobe\nuidprobe.define_macros()\n"
     p = run_python(code, env={store.ENV_VAR: str(store_dir / "none"), "UIDPROBE_STRICT": "1"}, prefix=UNSHARE)
@@ -187,6 +189,7 @@ def test_show_exits_0_only_for_a_valid_current_store(store_dir: Path) -> None:
 
 
 @requires_tools
+@requires_userns
 def test_probe_exits_2_when_every_verdict_is_undetermined(store_dir: Path) -> None:
     p = run_cli("--json", prefix=UNSHARE)
     assert p.returncode == cli.EX_UNDETERMINED

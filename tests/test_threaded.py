@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, archives_owned_by, requires_root, requires_tools, run_python
+from helpers import ROOT, archives_owned_by, requires_root, requires_thread_ops, requires_tools, run_python
 from uidprobe.errors import NoMechanismError, PrivilegeError
 from uidprobe.privileges import Switcher
 
@@ -46,6 +46,7 @@ def deliver(paths: list[Path], message: bytes, *extra: str) -> subprocess.Comple
 
 
 @requires_tools
+@requires_thread_ops
 def test_threads_deliver_to_every_archive_at_once_each_as_its_owner(archives: list[Path]) -> None:
     proc = deliver(archives, b"list message\n", "--rounds", str(ROUNDS))
     assert proc.returncode == 0, proc.stderr
@@ -105,6 +106,7 @@ print(json.dumps({{"counts": counts, "problems": problems[:5], "main": sorted(se
 """
 
 
+@requires_thread_ops
 def test_thousands_of_switches_across_8_threads_each_read_back_and_never_seen_elsewhere() -> None:
     values = {**RES, "THREAD_CREDENTIALS": 1}
     proc = run_python(LOAD.format(values=values, threads=8, rounds=500), timeout=300)
@@ -123,6 +125,7 @@ def test_thread_scope_needs_the_thread_credentials_verdict() -> None:
         Switcher(RES, scope="threads")  # type: ignore[arg-type]
 
 
+@requires_thread_ops
 def test_a_thread_scoped_switch_leaves_the_calling_process_and_other_threads_alone() -> None:
     import threading
 
@@ -142,12 +145,14 @@ def test_a_thread_scoped_switch_leaves_the_calling_process_and_other_threads_alo
     assert os.getresuid() == (0, 0, 0) and not sw.switched
 
 
+@requires_thread_ops
 def test_a_permanent_drop_refuses_thread_scope() -> None:
     sw = Switcher({**RES, "THREAD_CREDENTIALS": 1}, scope="thread")
     with pytest.raises(PrivilegeError, match="process-wide"):
         sw.drop_permanently(65534, 65534)
 
 
+@requires_thread_ops
 def test_each_thread_has_its_own_switch_state_and_a_new_thread_inherits_its_creators_identity() -> None:
     import threading
 
@@ -161,10 +166,10 @@ def test_each_thread_has_its_own_switch_state_and_a_new_thread_inherits_its_crea
         other.append(os.getresuid())
         done.set()
 
-    older = threading.Thread(target=look)
+    older = threading.Thread(target=look, daemon=True)
     older.start()
-    sw.become(1000, 1000)
     try:
+        sw.become(1000, 1000)  # inside the try: if it raises, `older` is still released
         go.set()
         done.wait()
         # A thread started while switched starts with the switched identity
@@ -177,6 +182,8 @@ def test_each_thread_has_its_own_switch_state_and_a_new_thread_inherits_its_crea
         assert newer == [(0, 1000, 0)]
         assert sw.switched and os.getresuid() == (0, 1000, 0)
     finally:
-        sw.restore()
+        if sw.switched:
+            sw.restore()
+        go.set()
         older.join()
     assert os.getresuid() == (0, 0, 0)

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from helpers import ROOT, requires_cc, requires_root, requires_tools, run_python
+from helpers import ROOT, requires_cc, requires_root, requires_thread_ops, requires_tools, run_python
 from uidprobe import suite
 from uidprobe.creds import Expect, SwitchPlan
 from uidprobe.engine import Engine, Op, Step, default_engine
@@ -45,6 +45,7 @@ def broadcasting_engine(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
 
 
 @requires_root
+@requires_thread_ops
 def test_thread_credentials_is_1_with_evidence_from_both_threads() -> None:
     r = suite.run([NAME], uids=(1, 2, 3), gids=(1, 2, 3))[NAME]
     assert r.verdict is True, r.reason
@@ -79,6 +80,7 @@ def test_thread_credentials_is_undetermined_without_privilege() -> None:
 
 @requires_cc
 @requires_root
+@requires_thread_ops
 def test_thread_credentials_is_0_when_the_per_thread_call_changes_every_thread(
     broadcasting_engine: ModuleType,
 ) -> None:
@@ -91,6 +93,7 @@ def test_thread_credentials_is_0_when_the_per_thread_call_changes_every_thread(
 
 @requires_cc
 @requires_root
+@requires_thread_ops
 def test_the_broadcasting_build_changes_nothing_else(broadcasting_engine: ModuleType) -> None:
     results = suite.run(engine=Engine(broadcasting_engine))
     assert {n: r.verdict for n, r in results.items()} == {**dict.fromkeys(suite.NAMES, True), NAME: False}
@@ -102,6 +105,7 @@ def test_an_in_process_switch_refuses_to_start_a_thread() -> None:
 
 
 @requires_root
+@requires_thread_ops
 def test_a_child_reads_the_second_thread_back_after_every_step_through_both_transports() -> None:
     steps = [Step(Op.THREAD_START, ()), Step(Op.THREAD_SETRESUID, (-1, 7, -1)), Step(Op.THREAD_SETRESUID, (-1, 0, -1))]
     for via in ("spawn", "fork"):

@@ -7,7 +7,8 @@ exit codes, and scripts need the same):
     1   ``check``: the verdict is no; ``model --diff``: the models differ
     2   ``check``: undetermined; ``uidprobe``/``probe``: every observed verdict
         is undetermined; ``model``: some transitions could not run;
-        ``export --strict``: the values would be defaults
+        ``export --strict``: the values would be defaults; any command: the
+        runner was refused (built for another ABI), no verdict at all
     3   ``show``: no valid, current store (absent, stale, invalid, unsafe)
     64  bad arguments or an unknown probe name (EX_USAGE)
     65  ``model --diff``: a file is not a model (EX_DATAERR)
@@ -40,7 +41,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, TextIO
 
-from uidprobe.errors import UsageError
+from uidprobe.errors import EngineError, UsageError
 from uidprobe.exporters import FORMATS as EXPORT_FORMATS
 from uidprobe.exporters import result_dict
 from uidprobe.names import DEFAULT_TIMEOUT, MODEL_IDS, VERSION
@@ -81,7 +82,8 @@ verdicts:
 exit codes: 0 ok (check: yes; show: valid, current store),
             1 check: no (model --diff: differences),
             2 check: undetermined; probe: every verdict undetermined;
-              model: transitions not run; export --strict: only defaults,
+              model: transitions not run; export --strict: only defaults;
+              the runner refused (built for another ABI), no verdict,
             3 show: no valid, current store, 64 bad usage,
             65 not a model file, 66 cannot read, 73 cannot write (or
             refused: unsafe path), 74 cannot write standard output,
@@ -857,3 +859,6 @@ def _main(argv: Sequence[str] | None) -> int:
     except UsageError as e:
         sys.stderr.write(f"uidprobe: error: {e} (see '{getattr(e, 'prog', prog)} --help')\n")
         return EX_USAGE
+    except EngineError as e:  # e.g. a runner built for another ABI: no verdict at all
+        sys.stderr.write(f"uidprobe: {e.strerror or e}\n")
+        return EX_UNDETERMINED

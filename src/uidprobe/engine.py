@@ -304,9 +304,13 @@ class Features:
     #: success for (False makes setup use setreuid/setregid)
     setresuid_works: bool = True
     setresgid_works: bool = True
-    #: the per-thread steps (Op.THREAD_*) were built: Linux with a system
-    #: call instruction uidprobe can use directly
+    #: the per-thread steps (Op.THREAD_*) were built: Linux, every
+    #: architecture (the raw system calls and the C library's clone())
     thread_ops: bool = False
+    #: the kernel read-back is made with the system call instruction itself
+    #: (x86_64, aarch64, i386, s390x), so no preload can answer in the
+    #: kernel's place; elsewhere it goes through syscall(), which one can
+    raw_syscalls: bool = False
 
     def has(self, op: Op) -> bool:
         """Does this C library provide ``op`` (the calls that may be missing)?"""
@@ -505,6 +509,7 @@ class Engine:
             getresgid=bool(f & lib.UP_HAVE_GETRESGID),
             setresgid=bool(f & lib.UP_HAVE_SETRESGID),
             thread_ops=bool(f & lib.UP_HAVE_THREAD_OPS),
+            raw_syscalls=bool(f & lib.UP_HAVE_RAW_SYSCALLS),
         )
         self._learned: dict[tuple[int | None, int | None], Features] = {}
         self._decoder = _RecordDecoder(self.ffi, self.lib)
@@ -618,6 +623,8 @@ class Engine:
             raise EngineError(errno_mod.ENOENT, "the runner program is not installed or not executable")
         if runner is not None:
             rc = self._spawn(runner.encode(), c_steps, counts, n, c_records, c_outs, timeout_ms, jobs)
+            if rc == lib.UP_RUNNER_FOREIGN:
+                raise EngineError(errno_mod.EPROTO, self.foreign_runner(runner))
             if rc != 0 and via is Transport.AUTO:
                 runner = None  # fall back: fork from this process
         if runner is None:
@@ -659,7 +666,37 @@ class Engine:
             threads.append(t)
         for t in threads:
             t.join()
+        if lib.UP_RUNNER_FOREIGN in codes:
+            return int(lib.UP_RUNNER_FOREIGN)
         return 0 if all(c == 0 for c in codes) else -1
+
+    @property
+    def wire_abi(self) -> str:
+        """The wire format this engine speaks, as its runner announces it:
+        ``uidprobe-wire/1 64 little header=16 step=72 record=352 outcome=56``
+        (version, word size, byte order, every wire struct's size)."""
+        buf = self.ffi.new("char[]", int(self.lib.UP_WIRE_ABI_MAX))
+        self.lib.up_wire_abi(buf, len(buf))
+        return str(self.ffi.string(buf).decode())
+
+    def runner_wire(self, runner: str) -> str | None:
+        """What the runner program ``runner`` announces (started with no
+        request, it then exits), or None when it announces nothing."""
+        ffi = self.ffi
+        buf = ffi.new("char[]", int(self.lib.UP_WIRE_ABI_MAX))
+        if self.lib.up_runner_abi(runner.encode(), buf, len(buf), 2000) != 0:
+            return None
+        return str(ffi.string(buf).decode(errors="replace"))
+
+    def foreign_runner(self, runner: str) -> str:
+        """One line naming both sides of a refused runner: what it announces
+        (asked again) and what this engine speaks."""
+        theirs = self.runner_wire(runner)
+        return (
+            f"runner {runner} speaks {'nothing' if theirs is None else repr(theirs)}, this engine "
+            f"{self.wire_abi!r}: refused, nothing was run (a runner built for another architecture or ABI "
+            "cannot serve this engine)"
+        )
 
     def _pack_steps(self, scenarios: Sequence[Sequence[Step]]) -> bytearray:
         """Every scenario's steps, back to back, as C ``struct up_step``s."""

@@ -1057,10 +1057,14 @@ def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
     """Every thread of the process must have dropped too: ids, groups and
     capability sets.
 
-    glibc's and musl's set*id wrappers change every thread; a C library (or
-    preload) whose calls change only the calling thread would leave the
-    others root.  The kernel's per-thread accounts in /proc say.  Without
-    /proc only a single-threaded process can be vouched for.
+    glibc's and musl's set*id wrappers change every thread they know of; a
+    C library (or preload) whose calls change only the calling thread would
+    leave the others root, and so do threads no C library knows of: under
+    qemu-user every process has a helper thread of the emulator's own, which
+    keeps uid 0 and every capability.  The kernel's per-thread accounts in
+    /proc say; the refusal names the thread (id and name) that kept
+    privilege.  Without /proc only a single-threaded process can be vouched
+    for.
     """
     try:
         tids = os.listdir("/proc/self/task")
@@ -1082,16 +1086,17 @@ def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
         gids = [int(x) for x in status["Gid"].split()]
         held = {int(x) for x in status.get("Groups", "").split()}
         caps = [int(status[k], 16) for k in ("CapPrm", "CapEff", "CapAmb") if k in status]
+        name = status.get("Name", "").strip()
         if any(u != uid for u in uids) or any(g != gid for g in gids) or held != set(groups):
             raise VerificationError(
-                f"after the permanent drop, thread {tid} still holds uids {uids}, gids {gids}, groups "
+                f"after the permanent drop, thread {tid} ({name!r}) still holds uids {uids}, gids {gids}, groups "
                 f"{sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: the drop's calls did not reach "
-                "that thread (its C library changes one thread at a time?); exit now"
+                "that thread; exit now"
             )
         if any(caps):
             names = ("CapPrm", "CapEff", "CapAmb")
             raise VerificationError(
-                f"after the permanent drop, thread {tid} holds the dropped ids (uids {uid}, gids {gid}, "
+                f"after the permanent drop, thread {tid} ({name!r}) holds the dropped ids (uids {uid}, gids {gid}, "
                 f"{'groups ' + ','.join(map(str, sorted(held))) if held else 'no groups'}) but still holds "
                 f"capabilities ({' '.join(f'{n}={c:#x}' for n, c in zip(names, caps))}): the kernel kept them for "
                 "that thread (PR_SET_KEEPCAPS or a securebit set in it); exit now"

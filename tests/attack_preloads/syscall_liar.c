@@ -1,8 +1,9 @@
 /* A lying C library that also interposes syscall(): set*id "succeed" and are
- * remembered in process memory; getres*id AND syscall(SYS_getresuid/...,
+ * remembered in process memory; getres*id AND syscall(NR(getresuid)/...,
  * setfsuid(-1), ...) report the remembered ids.  The kernel ids never change.
  * LIAR_CAPS=1: capget through syscall() reports empty sets and capset does nothing.
- * Written by the adversarial review (branch attack); x86_64/glibc. */
+ * Written by the adversarial review (branch attack); glibc.  The 32-bit id
+ * calls where 16-bit ones also exist (i386). */
 #define _GNU_SOURCE 1
 #include <dlfcn.h>
 #include <errno.h>
@@ -11,13 +12,18 @@
 #include <sys/types.h>
 #include <unistd.h>
 #include <stdlib.h>
+#ifdef NR(getresuid)32
+#define NR(call) SYS_##call##32
+#else
+#define NR(call) SYS_##call
+#endif
 static uid_t U[3]; static gid_t G[3]; static int init;
 static long (*real_syscall)(long, ...);
 static void ini(void) {
     if (init) return; init = 1;
     real_syscall = dlsym(RTLD_NEXT, "syscall");
-    real_syscall(SYS_getresuid, &U[0], &U[1], &U[2]);
-    real_syscall(SYS_getresgid, &G[0], &G[1], &G[2]);
+    real_syscall(NR(getresuid), &U[0], &U[1], &U[2]);
+    real_syscall(NR(getresgid), &G[0], &G[1], &G[2]);
 }
 #define KEEP(x, v) if ((v) != (typeof(v))-1) x = (v)
 int setresuid(uid_t r, uid_t e, uid_t s) { ini(); if (U[1] != 0) { uid_t v[3] = {r, e, s}; for (int i = 0; i < 3; i++) if (v[i] != (uid_t)-1 && v[i] != U[0] && v[i] != U[1] && v[i] != U[2]) { errno = EPERM; return -1; } } KEEP(U[0], r); KEEP(U[1], e); KEEP(U[2], s); return 0; }
@@ -39,9 +45,9 @@ long syscall(long n, ...) {
     ini();
     if (getenv("LIAR_CAPS") && n == SYS_capget) { unsigned *d = (unsigned*)b; if (d) for (int i = 0; i < 6; i++) d[i] = 0; return 0; }
     if (getenv("LIAR_CAPS") && n == SYS_capset) return 0;
-    if (n == SYS_getresuid) return getresuid((uid_t*)a, (uid_t*)b, (uid_t*)c);
-    if (n == SYS_getresgid) return getresgid((gid_t*)a, (gid_t*)b, (gid_t*)c);
-    if (n == SYS_setfsuid && (uid_t)a == (uid_t)-1) return U[1];
-    if (n == SYS_setfsgid && (gid_t)a == (gid_t)-1) return G[1];
+    if (n == NR(getresuid)) return getresuid((uid_t*)a, (uid_t*)b, (uid_t*)c);
+    if (n == NR(getresgid)) return getresgid((gid_t*)a, (gid_t*)b, (gid_t*)c);
+    if (n == NR(setfsuid) && (uid_t)a == (uid_t)-1) return U[1];
+    if (n == NR(setfsgid) && (gid_t)a == (gid_t)-1) return G[1];
     return real_syscall(n, a, b, c, d, e);
 }
