@@ -15,6 +15,9 @@
  * the caller left open without FD_CLOEXEC is not its business), and asks
  * to be killed when its parent dies (PR_SET_PDEATHSIG), then checks that
  * the parent is still PARENT_PID (it may have died before the request).
+ * SIGCHLD gets its default action: a caller that ignores it passes SIG_IGN
+ * on across exec, and the kernel would then reap the probe children, so
+ * that how each ended (killed from outside, or finished) were lost.
  *
  * stdin:  struct up_batch_header, int counts[n], struct up_step steps[total]
  * stdout: first the wire format's announcement, one line of text
@@ -27,6 +30,7 @@
 #include "engine.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
@@ -145,6 +149,7 @@ int main(int argc, char **argv)
         return 1;
     if (up_die_with_parent((int)parent) != 0)
         return 6;
+    signal(SIGCHLD, SIG_DFL); // the children's statuses are this process's evidence
     // Which wire format this build speaks, before anything is read: the
     // caller sends nothing to a runner built for another ABI.
     char line[UP_WIRE_ABI_MAX];

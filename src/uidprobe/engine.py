@@ -655,9 +655,15 @@ class Engine:
                 runner, c_steps + offsets[lo], counts + lo, hi - lo, c_records + lo * MAX_STEPS, c_outs + lo, timeout_ms
             )
 
-        threads = [threading.Thread(target=work, args=(j,)) for j in range(jobs)]
-        for t in threads:
-            t.start()
+        threads = []
+        for j in range(jobs):
+            t = threading.Thread(target=work, args=(j,))
+            try:
+                t.start()
+            except RuntimeError:  # no room for a thread (a pids limit counts them): this one does the slice
+                work(j)
+                continue
+            threads.append(t)
         for t in threads:
             t.join()
         if lib.UP_RUNNER_FOREIGN in codes:

@@ -23,6 +23,12 @@ could not.
   how many processes it ended, and exits 128 + the signal number.  Where
   the subreaper setting was refused, the line says the cleanup is not
   verified instead.
+* What the caller passed on is made sound first: a closed standard
+  descriptor gets /dev/null (else the next file opened would take its
+  number, and a message meant for stderr would land in it), and SIGCHLD
+  gets its default action (ignored, inherited across exec, it makes the
+  kernel reap every child: the worker's status and, in the runner, how a
+  probe child ended would be lost).
 """
 
 from __future__ import annotations
@@ -64,22 +70,61 @@ def _prctl(option: int, arg: int) -> int:
     return 0
 
 
-def _children_by_parent() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
+def _proc_level() -> int | None:
+    """Where this process's pid namespace sits in the NSpid lines of /proc:
+    0 when /proc is this namespace's own (the usual case), None when /proc
+    cannot place this process (not mounted, or a namespace below ours)."""
     try:
-        names = os.listdir("/proc")
+        if os.readlink("/proc/self") == str(os.getpid()):
+            return 0
+        nspid = _status("self").get("NSpid", "").split()
+    except OSError:
+        return None
+    return len(nspid) - 1 if nspid and nspid[-1] == str(os.getpid()) else None
+
+
+def _status(name: str) -> dict[str, str]:
+    with open(f"/proc/{name}/status", encoding="utf-8", errors="replace") as f:
+        return dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+
+
+def _children_by_parent() -> dict[int, list[int]]:
+    """{parent pid: its child pids} over every process, as pids of this
+    process's namespace.  A /proc mounted for a parent namespace (``unshare
+    --pid`` without --mount-proc) numbers the processes of that namespace,
+    which mean others here: each is placed by its NSpid line, and one that
+    is not in this namespace is left out."""
+    tree: dict[int, list[int]] = {}
+    level = _proc_level()
+    try:
+        names = [n for n in os.listdir("/proc") if n.isdigit()]
     except OSError:
         return tree
+    if level is None:
+        return tree  # nothing can be placed: the reaping proves nothing left, or says it is not verified
+    if level == 0:
+        for name in names:
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+                ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone since the listing
+            tree.setdefault(ppid, []).append(int(name))
+        return tree
+    here: dict[str, int] = {}  # /proc's number -> the pid here
+    parents: dict[str, str] = {}
     for name in names:
-        if not name.isdigit():
-            continue
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+            status = _status(name)
+            nspid = status["NSpid"].split()
+            if len(nspid) > level:
+                here[name], parents[name] = int(nspid[level]), status["PPid"].strip()
+        except (OSError, KeyError, ValueError):
             continue  # gone since the listing
-        tree.setdefault(ppid, []).append(int(name))
+    for name, pid in here.items():
+        if parents[name] in here:
+            tree.setdefault(here[parents[name]], []).append(pid)
     return tree
 
 
@@ -99,8 +144,10 @@ def stop_and_kill(root: int) -> set[int]:
         if not new:
             break
         for pid in new:
-            with contextlib.suppress(OSError):  # gone already
+            try:
                 os.kill(pid, signal.SIGSTOP)
+            except OSError:
+                continue  # gone already: not one this process ended
             stopped.add(pid)
     for pid in stopped:
         with contextlib.suppress(OSError):
@@ -194,6 +241,22 @@ def _worker(work: Callable[[], int], parent: int) -> None:
         os._exit(code)
 
 
+def _sound_inheritance() -> None:
+    """Open /dev/null on a closed 0, 1 or 2 (and give Python a stream for
+    it), and give SIGCHLD its default action; see the module's docstring."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd, as lower ones are open
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+        if getattr(sys, name) is None:  # closed when Python started
+            setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115 (kept for the process)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
 def run(work: Callable[[], int]) -> int:
     """Run ``work()`` in a supervised worker process; its exit status.
 
@@ -201,6 +264,7 @@ def run(work: Callable[[], int]) -> int:
     here.  Where the worker cannot be forked (EAGAIN under a pids limit),
     ``work`` runs in this process, unsupervised.
     """
+    _sound_inheritance()
     sys.stdout.flush()
     sys.stderr.flush()
     _SUBREAPER[:] = [_prctl(_PR_SET_CHILD_SUBREAPER, 1)]
