@@ -520,3 +520,19 @@ def test_a_setresuid_that_lies_is_not_used_to_set_up_the_other_probes(faults_so:
     )
     assert proc.returncode == 0
     assert "USESETEUID: yes" in proc.stdout and "setreuid(1, 0) [setup" in proc.stdout
+
+
+def test_configure_under_a_pids_limit_writes_nothing_and_leaves_the_store_as_it_was(
+    pids_limit: list[str], tmp_path: Path
+) -> None:
+    # A child that could not be forked (EAGAIN) shows nothing about the
+    # machine: storing its 0 would keep a passing shortage as a platform fact
+    # until the next kernel or C library upgrade (--if-stale trusts it).
+    tmp_path.chmod(0o755)
+    path = tmp_path / "verdicts"
+    path.write_bytes(b"the previous store\n")
+    proc = run_cli("configure", "--store", str(path), prefix=pids_limit)
+    assert proc.returncode == 75, proc.stdout + proc.stderr
+    assert path.read_bytes() == b"the previous store\n"
+    assert "nothing written" in proc.stderr and "EAGAIN" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr

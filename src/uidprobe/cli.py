@@ -15,8 +15,8 @@ exit codes, and scripts need the same):
     66  ``model --diff``: a file cannot be read (EX_NOINPUT)
     73  a path could not be written, or was refused as unsafe (EX_CANTCREAT)
     74  standard output could not be written (EX_IOERR: a full disk, /dev/full)
-    75  ``configure``: a probe child was disturbed from outside twice; nothing
-        was written (EX_TEMPFAIL)
+    75  ``configure``: a probe child was disturbed from outside, or could not
+        start (EAGAIN, ENOMEM), twice; nothing was written (EX_TEMPFAIL)
     77  ``configure``/``model`` without root (EX_NOPERM)
     129 hung up (SIGHUP); 130 interrupted by SIGINT (Ctrl-C); 143 terminated
         by SIGTERM: every process the command started was ended first
@@ -87,7 +87,7 @@ exit codes: 0 ok (check: yes; show: valid, current store),
             3 show: no valid, current store, 64 bad usage,
             65 not a model file, 66 cannot read, 73 cannot write (or
             refused: unsafe path), 74 cannot write standard output,
-            75 configure: disturbed from outside, nothing written,
+            75 configure: disturbed (or out of processes), nothing written,
             77 needs root, 129 hung up, 130 interrupted (Ctrl-C),
             143 terminated
 

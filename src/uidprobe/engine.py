@@ -241,6 +241,8 @@ class Outcome:
     signal: int | None = None
     status_known: bool = False
     error: str | None = None  # the child could not be started: "fork failed: EAGAIN (...)"
+    #: the errno of ``error``
+    error_errno: int | None = None
     #: the signal that stopped the child (the engine then killed it), or None
     stopped: int | None = None
     #: the child was continued from a stop (SIGCONT)
@@ -255,9 +257,14 @@ class Outcome:
         and was stopped, continued, or killed by a SIGKILL it was not sent,
         met someone else: another process of a probe id (kill(2) lets it), a
         tracer, the OOM killer or a resource limit.  Its unfinished trace
-        says nothing about the platform.
+        says nothing about the platform.  Nor does a child that could not
+        start for want of a process or memory (EAGAIN, ENOMEM: a pids limit,
+        RLIMIT_NPROC that other processes of the user fill): a passing
+        condition of the moment, not a fact about the machine.
         """
-        if self.completed or self.error is not None:
+        if self.error is not None:
+            return self.error if self.error_errno in (errno_mod.EAGAIN, errno_mod.ENOMEM) else None
+        if self.completed:
             return None
         if self.stopped is not None:
             return f"stopped by {_signal_name(self.stopped)}"
@@ -722,7 +729,12 @@ class Engine:
             # verdict is undetermined with this reason.
             call = ffi.string(c_out.failed_call).decode() if c_out.failed_call else "fork"
             name = errno_mod.errorcode.get(c_out.error, str(c_out.error))
-            return Outcome(records=(), completed=False, error=f"{call} failed: {name} ({os.strerror(c_out.error)})")
+            return Outcome(
+                records=(),
+                completed=False,
+                error=f"{call} failed: {name} ({os.strerror(c_out.error)})",
+                error_errno=int(c_out.error),
+            )
         n = max(0, min(int(c_out.nrecords), MAX_STEPS))
         return self._decoder.outcome(steps, ffi.buffer(c_out_ptr)[:], ffi.buffer(c_records, n * self._decoder.size))
 
