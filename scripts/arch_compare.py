@@ -57,6 +57,7 @@ def measure(out: str, runner: str | None, fork: bool, label: str | None) -> None
     with open(out, "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True)
     print(f"{doc['machine']} ({doc['wire']}, via {via}): " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
+    print(f"{doc['machine']} switch cost: {costs(doc)}")
 
 
 def switch_cost(values: dict[str, Any], n: int = 400) -> dict[str, float | str]:
@@ -101,6 +102,10 @@ def switch_cost(values: dict[str, Any], n: int = 400) -> dict[str, float | str]:
     return out
 
 
+def costs(doc: dict[str, Any]) -> str:
+    return "; ".join(f"{k}: {v} us" if isinstance(v, float) else f"{k}: {v}" for k, v in doc["switch_us"].items())
+
+
 def compare(a_path: str, b_path: str) -> int:
     from uidprobe import model
 
@@ -127,8 +132,7 @@ def compare(a_path: str, b_path: str) -> int:
         f"{b['machine']} ({b['wire']}) against {a['machine']}: {len(lines)} difference(s); "
         f"{observed} of {len(b['verdicts'])} verdicts yes; {sizes}"
     )
-    costs = (f"{k}: {v} us" if isinstance(v, float) else f"{k}: {v}" for k, v in b["switch_us"].items())
-    print(f"{b['machine']} switch cost: " + "; ".join(costs))
+    print(f"{b['machine']} switch cost: {costs(b)}")
     return 1 if lines else 0
 
 
