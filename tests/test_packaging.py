@@ -63,7 +63,7 @@ def test_license_is_an_spdx_expression_with_its_file(pyproject: dict[str, Any]) 
 def test_the_sdist_ships_the_license_and_the_release_check() -> None:
     lines = (ROOT / "MANIFEST.in").read_text().splitlines()
     assert "include LICENSE" in lines
-    assert "recursive-include scripts *.sh" in lines
+    assert "recursive-include scripts *.sh *.py" in lines
     assert "recursive-include csrc *.c *.h" in lines
 
 

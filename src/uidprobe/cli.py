@@ -88,7 +88,8 @@ exit codes: 0 ok (check: yes; show: valid, current store),
             65 not a model file, 66 cannot read, 73 cannot write (or
             refused: unsafe path), 74 cannot write standard output,
             75 configure: disturbed from outside, nothing written,
-            77 needs root, 130 interrupted (Ctrl-C), 143 terminated
+            77 needs root, 129 hung up, 130 interrupted (Ctrl-C),
+            143 terminated
 
 examples:
   uidprobe                         probe (as root) and print every verdict

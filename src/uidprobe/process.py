@@ -11,10 +11,14 @@ from __future__ import annotations
 import itertools
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from uidprobe.ids import MAX_ID, PREFERRED_IDS, Family, IdSet, validate_ids
+
+T = TypeVar("T")
 
 __all__ = [
     "CAP_SETGID",
@@ -199,29 +203,39 @@ def read_state(proc: str = "/proc/self") -> ProcessState:
     )
 
 
-def _held_ids(proc: str) -> tuple[set[int], set[int]]:
-    """(uids, gids) that some process visible in ``proc`` holds as its
-    real, effective or saved id (a saved id can become effective)."""
+def _pids(proc: str) -> list[str]:
+    try:
+        return [name for name in os.listdir(proc) if name.isdigit()]
+    except OSError:
+        return []
+
+
+def _held_ids(proc: str, pids: list[str]) -> tuple[set[int], set[int]]:
+    """(uids, gids) that one of ``pids`` in ``proc`` holds as its real,
+    effective or saved id (a saved id can become effective)."""
     held: tuple[set[int], set[int]] = (set(), set())
     try:
-        pids = [name for name in os.listdir(proc) if name.isdigit()]
+        dirfd = os.open(proc, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return held
-    for pid in pids:
-        try:
-            fd = os.open(f"{proc}/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue  # gone since the listing
-        try:
-            text = os.read(fd, 4096)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        for ids, label in zip(held, (b"\nUid:", b"\nGid:")):
-            at = text.find(label)
-            if at >= 0:  # real, effective, saved, filesystem
-                ids.update(int(w) for w in text[at + 5 : text.find(b"\n", at + 5)].split()[:3] if w.isdigit())
+    try:
+        for pid in pids:
+            try:
+                fd = os.open(f"{pid}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
+            except OSError:
+                continue  # gone since the listing
+            try:
+                text = os.read(fd, 4096)
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
+            for ids, label in zip(held, (b"\nUid:", b"\nGid:")):
+                at = text.find(label)
+                if at >= 0:  # real, effective, saved, filesystem
+                    ids.update(int(w) for w in text[at + 5 : text.find(b"\n", at + 5)].split()[:3] if w.isdigit())
+    finally:
+        os.close(dirfd)
     return held
 
 
@@ -240,7 +254,7 @@ def _named(family: Family, i: int) -> bool:
 
 @dataclass(frozen=True)
 class IdsInUse:
-    """The ids that are somebody's here, read once, before choosing U, A, B.
+    """The ids that are somebody's here, read before choosing U, A, B.
 
     Any process whose real or effective uid is a probe id may signal the
     probe children (kill(2) allows it): stop them or kill them.  So the
@@ -260,7 +274,34 @@ class IdsInUse:
 
     @classmethod
     def read(cls, proc: str = "/proc") -> IdsInUse:
-        uids, gids = _held_ids(proc)
+        return cls._of(proc, _pids(proc))
+
+    @classmethod
+    def look(cls, then: Callable[[IdsInUse], T], proc: str = "/proc") -> Callable[[], T]:
+        """Start reading the ids of the processes running now, and
+        ``then(ids)``; call the result for its answer.  The list is taken
+        here; the /proc files (and whatever ``then`` looks up), read in a
+        thread whose every read releases the GIL, overlap the caller's own
+        work (suite.run: a probe batch, whose processes are not in the list).
+        """
+        pids = _pids(proc)
+        box: list[T] = []
+        try:
+            worker = threading.Thread(target=lambda: box.append(then(cls._of(proc, pids))), daemon=True)
+            worker.start()
+        except RuntimeError:  # no thread to be had: read them now
+            box.append(then(cls._of(proc, pids)))
+            return lambda: box[0]
+
+        def result() -> T:
+            worker.join()
+            return box[0] if box else then(cls._of(proc, pids))  # the thread failed: here, to see why
+
+        return result
+
+    @classmethod
+    def _of(cls, proc: str, pids: list[str]) -> IdsInUse:
+        uids, gids = _held_ids(proc, pids)
         for ids, name in ((uids, "overflowuid"), (gids, "overflowgid")):
             text = _read(f"/proc/sys/kernel/{name}")
             if text and text.strip().isdigit():

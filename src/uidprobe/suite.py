@@ -187,10 +187,45 @@ def run(
     wanted = list(NAMES) if names is None else list(dict.fromkeys(names))
     selected = [probes.by_name(n) for n in wanted if n != DECLARED]  # ValueError naming the known ones
     state = probing_state(engine) if selected else read_state()
-    in_use = IdsInUse.read() if uids is None or gids is None else None  # read only to choose defaults
-    uid_set = choose_ids(state.uid_map, "uid", uids, in_use)
-    gid_set = choose_ids(state.gid_map, "gid", gids, in_use)
+    if (uids is not None and gids is not None) or not selected:
+        return _run_with(wanted, selected, state, _chosen(state, uids, gids, None), timeout, engine)
+    # Default ids: ones no running process holds and no account names.
+    # Finding them (every process's ids, the account databases) costs more
+    # than the batch, so the batch runs meanwhile with the ids chosen last
+    # time (or, the first time, the first candidates), and runs again only
+    # where the choice differs.
+    key = (state.uid_map, state.gid_map, uids, gids)
+    guess = _LAST_CHOICE.get(key) or _chosen(state, uids, gids, IdsInUse(named=lambda family, i: False))
+    chosen = IdsInUse.look(lambda in_use: _chosen(state, uids, gids, in_use))  # ids given were valid: no raise
+    results = _run_with(wanted, selected, state, guess, timeout, engine)
+    ids = chosen()
+    _LAST_CHOICE.clear()  # one entry: the maps of this process's namespace
+    _LAST_CHOICE[key] = ids
+    if ids != guess:
+        results = _run_with(wanted, selected, state, ids, timeout, engine)
+    return results
 
+
+#: The ids the last run chose, by (uid map, gid map, uids, gids) asked.
+_LAST_CHOICE: dict[tuple[object, ...], tuple[IdSet | str, IdSet | str]] = {}
+
+
+def _chosen(
+    state: ProcessState, uids: tuple[int, int, int] | None, gids: tuple[int, int, int] | None, in_use: IdsInUse | None
+) -> tuple[IdSet | str, IdSet | str]:
+    return choose_ids(state.uid_map, "uid", uids, in_use), choose_ids(state.gid_map, "gid", gids, in_use)
+
+
+def _run_with(
+    wanted: list[str],
+    selected: list[Probe],
+    state: ProcessState,
+    ids: tuple[IdSet | str, IdSet | str],
+    timeout: float,
+    engine: Engine | None,
+) -> dict[str, Result]:
+    """``run`` with these (uid, gid) choices (a str: why there are none)."""
+    uid_set, gid_set = ids
     results: dict[str, Result] = {}
     runnable = []
     for p in selected:

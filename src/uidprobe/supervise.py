@@ -221,9 +221,8 @@ def run(work: Callable[[], int]) -> int:
         signal.signal(s, _on_signal)
     signal.pthread_sigmask(signal.SIG_SETMASK, old)
     _, status = os.waitpid(pid, 0)  # retried after a signal (PEP 475); _on_signal never returns
-    # The worker reaps what it starts; should it have died without doing
-    # so, what it left came back here: end it before exiting.
-    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    end_descendants()
-    signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    # The worker reaped what it started (and had it died first, its runner
+    # and probe children died with it).  Reaping for others is not ours.
+    if _SUBREAPER[0] == 0:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 0)
     return os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
