@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure what uidprobe sees on one architecture, and compare two.
 
-    arch_compare.py measure OUT.json [--runner PATH | --fork] [--label NAME]
+    arch_compare.py measure OUT.json [--runner PATH | --fork] [--label NAME] [--no-switch]
     arch_compare.py compare A.json B.json
 
 ``measure`` runs, with whatever ``uidprobe`` this Python imports: every
@@ -11,6 +11,8 @@ probe (verdict and reason), then the uid and the gid transition models
 them as JSON with the engine's wire format and how long each part took.  ``--runner`` forks the children from
 that runner program (e.g. a cross-built one under qemu-user), never from
 this process; ``--fork`` from this process, never from a runner.
+``--no-switch`` leaves the switch cost out (where this Python is not the
+architecture measured: only the runner is).
 
 ``compare`` prints every verdict, reason or transition that differs between
 two such files, and exits 1 if any does (0 otherwise); and the second
@@ -30,7 +32,7 @@ from typing import Any
 MODEL_IDS = (70000, 70001)
 
 
-def measure(out: str, runner: str | None, fork: bool, label: str | None) -> None:
+def measure(out: str, runner: str | None, fork: bool, label: str | None, switch: bool) -> None:
     from uidprobe import model, suite
     from uidprobe.engine import Engine
 
@@ -53,10 +55,12 @@ def measure(out: str, runner: str | None, fork: bool, label: str | None) -> None
         took[f"{family} model"] = time.monotonic() - started
         doc["models"][family] = m.to_json()
     doc["seconds"] = {k: round(v, 2) for k, v in took.items()}
-    doc["switch_us"] = switch_cost({name: r.value for name, r in results.items()})
+    doc["switch_us"] = switch_cost({name: r.value for name, r in results.items()}) if switch else {}
     with open(out, "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True)
     print(f"{doc['machine']} ({doc['wire']}, via {via}): " + ", ".join(f"{k} {v:.1f} s" for k, v in took.items()))
+    if switch:
+        print(f"{doc['machine']} switch cost: {costs(doc)}")
 
 
 def switch_cost(values: dict[str, Any], n: int = 400) -> dict[str, float | str]:
@@ -101,6 +105,10 @@ def switch_cost(values: dict[str, Any], n: int = 400) -> dict[str, float | str]:
     return out
 
 
+def costs(doc: dict[str, Any]) -> str:
+    return "; ".join(f"{k}: {v} us" if isinstance(v, float) else f"{k}: {v}" for k, v in doc["switch_us"].items())
+
+
 def compare(a_path: str, b_path: str) -> int:
     from uidprobe import model
 
@@ -127,8 +135,8 @@ def compare(a_path: str, b_path: str) -> int:
         f"{b['machine']} ({b['wire']}) against {a['machine']}: {len(lines)} difference(s); "
         f"{observed} of {len(b['verdicts'])} verdicts yes; {sizes}"
     )
-    costs = (f"{k}: {v} us" if isinstance(v, float) else f"{k}: {v}" for k, v in b["switch_us"].items())
-    print(f"{b['machine']} switch cost: " + "; ".join(costs))
+    if b["switch_us"]:
+        print(f"{b['machine']} switch cost: {costs(b)}")
     return 1 if lines else 0
 
 
@@ -141,12 +149,13 @@ def main() -> int:
     how.add_argument("--runner")
     how.add_argument("--fork", action="store_true")
     m.add_argument("--label", help="the architecture's name (default: this Python's machine)")
+    m.add_argument("--no-switch", action="store_true", help="do not measure the switch cost")
     c = sub.add_parser("compare")
     c.add_argument("a")
     c.add_argument("b")
     args = parser.parse_args()
     if args.command == "measure":
-        measure(args.out, args.runner, args.fork, args.label)
+        measure(args.out, args.runner, args.fork, args.label, not args.no_switch)
         return 0
     return compare(args.a, args.b)
 
