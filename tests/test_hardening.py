@@ -142,6 +142,11 @@ from uidprobe.privileges import Switcher, VerificationError
 class Alarm(Exception):
     pass
 
+# A second tick landing while the first Alarm is being made surfaces as
+# SystemError ("returned a result with an exception set") at the same spot:
+# the same injected exception, so it counts as a hit wherever Alarm does.
+HIT = (Alarm, SystemError)
+
 def boom(signum, frame):
     # Raise only inside the library (and contextlib, which drives as_user):
     # an exception landing in this harness's own lines would test the
@@ -169,24 +174,24 @@ for i in range({n}):
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGALRM])
             with sw.as_user(1000, 1000, [1000]) as inside:
                 assert inside.uids[1] == 1000
-        except Alarm:
+        except HIT:
             hits += 1
         except VerificationError as e:
             errors.append(str(e))
-    except Alarm:
+    except HIT:
         hits += 1
     # Look with the alarm blocked (a pending one may still fire once: retry).
     while True:
         try:
             signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM])
             break
-        except Alarm:
+        except HIT:
             hits += 1
     while True:
         try:
             now = identity()
             break
-        except Alarm:
+        except HIT:
             hits += 1
     if now != before and not sw.switched:
         unknown += 1  # an identity the Switcher does not know: the failure that matters
