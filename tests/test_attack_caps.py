@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,6 @@ import pytest
 
 from helpers import requires_other_user, requires_root, run_python
 from uidprobe import store, trust
-from uidprobe.names import OBSERVED
-from uidprobe.verdicts import Result
 
 pytestmark = [
     requires_root,
@@ -214,26 +210,6 @@ IMPORT_CONFIG = (
     "print(json.dumps({'ids': [os.getresuid(), os.getresgid(), os.getgroups()], 'source': c.SOURCE,\n"
     "    'reason': c.REASON}))\n"
 )
-
-
-@pytest.fixture(scope="module")
-def store_of_1000() -> Iterator[Path]:
-    """A store a process of uid 1000 forged (HASSETRESUID flipped to 0),
-    owned by 1000 in a directory 1000 owns, under root's /tmp/X (0755)."""
-    base = Path(tempfile.mkdtemp(prefix="uidprobe-attack-caps-", dir="/tmp"))
-    try:
-        base.chmod(0o755)
-        home = base / "u1000"
-        home.mkdir(mode=0o755)
-        results = {n: Result(n, n != "HASSETRESUID", "forged by uid 1000") for n in OBSERVED}
-        path = home / "verdicts"
-        path.write_bytes(store.serialise(results))
-        path.chmod(0o644)
-        for p in (home, path):
-            os.chown(p, 1000, 1000)
-        yield path
-    finally:
-        shutil.rmtree(base)
 
 
 @requires_other_user

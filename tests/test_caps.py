@@ -27,9 +27,7 @@ import pytest
 from helpers import requires_other_user, requires_root, requires_thread_ops, run_python
 from procinfo import capget_sets, status_caps
 from uidprobe import store, trust
-from uidprobe.names import OBSERVED
 from uidprobe.privileges import current_identity
-from uidprobe.verdicts import Result
 
 pytestmark = [
     requires_root,
@@ -213,32 +211,12 @@ IMPORT_CONFIG = (
 )
 
 
-@pytest.fixture(scope="module")
-def store_of_1000() -> Iterator[str]:
-    """A store that a process of uid 1000 forged (HASSETRESUID flipped to 0),
-    owned by 1000 in a directory 1000 owns, under root's /tmp/X (0755)."""
-    base = Path(tempfile.mkdtemp(prefix="uidprobe-caps-", dir="/tmp"))
-    try:
-        base.chmod(0o755)
-        home = base / "u1000"
-        home.mkdir(mode=0o755)
-        results = {n: Result(n, n != "HASSETRESUID", "forged by uid 1000") for n in OBSERVED}
-        path = home / "verdicts"
-        path.write_bytes(store.serialise(results))
-        path.chmod(0o644)
-        for p in (home, path):
-            os.chown(p, 1000, 1000)
-        yield str(path)
-    finally:
-        shutil.rmtree(base)
-
-
 @requires_other_user
 @pytest.mark.parametrize("holding", READERS)
 def test_a_store_owned_by_1000_is_trusted_only_by_a_process_that_holds_nothing_beyond_uid_1000(
-    holding: str, store_of_1000: str
+    holding: str, store_of_1000: Path
 ) -> None:
-    proc = run_python(IMPORT_CONFIG, prefix=READERS[holding], env={store.ENV_VAR: store_of_1000})
+    proc = run_python(IMPORT_CONFIG, prefix=READERS[holding], env={store.ENV_VAR: str(store_of_1000)})
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["ids"][0] == [1000, 1000, 1000]
@@ -247,7 +225,7 @@ def test_a_store_owned_by_1000_is_trusted_only_by_a_process_that_holds_nothing_b
         assert out["source"] == "store" and out["HASSETRESUID"] == 0
     else:
         assert out["source"] != "store"
-        home = Path(store_of_1000).parent  # the walk meets 1000's directory first
+        home = store_of_1000.parent  # the walk meets 1000's directory first
         assert f"store unsafe: directory {home} is owned by uid 1000, not root ({WHY_NOT[holding]})" in out["reason"]
 
 
@@ -262,10 +240,10 @@ def test_a_store_owned_by_1000_is_trusted_only_by_a_process_that_holds_nothing_b
     ],
 )
 def test_the_refusal_names_what_the_reader_holds_beyond_the_owner(
-    gids: tuple[int, int, int], caps: int | None, why: str | None, store_of_1000: str
+    gids: tuple[int, int, int], caps: int | None, why: str | None, store_of_1000: Path
 ) -> None:
     # The file of uid 1000 itself, in root's directory: the file's own check.
-    path = Path(store_of_1000).parent.parent / "verdicts-of-1000"
+    path = store_of_1000.parent.parent / "verdicts-of-1000"
     shutil.copyfile(store_of_1000, path)
     os.chown(path, 1000, 1000)
     try:
