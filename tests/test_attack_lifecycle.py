@@ -86,8 +86,14 @@ def test_model_under_a_pids_limit_that_refuses_its_threads_says_what_could_not_r
     # model spreads a batch over one runner per CPU, each driven by a thread;
     # a pids limit counts threads too.  Where none could start, model ended
     # in a RuntimeError traceback (exit 70) instead of its one line.
+    # At 2 (the supervisor and its worker) nothing more can start; at 3 the
+    # worker may fork every child itself, one at a time, once no runner can
+    # start: then every transition ran and there is nothing to say.
     with pids_cgroup(limit) as prefix:
         p = run_cli("model", "--quiet", prefix=prefix)
+    if limit == 3 and p.returncode == cli.EX_OK:
+        assert p.stderr == ""
+        return
     assert p.returncode == cli.EX_INCOMPLETE, p.stderr
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and " transitions could not run (first: " in lines[0], lines
