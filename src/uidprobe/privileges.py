@@ -783,14 +783,12 @@ class Switcher:
                     f"holding {_held(undo.now)}"
                 )
             raise PrivilegeError("restore() ran while switching (from a signal handler?): the switch was undone")
-        others = not alone and sw.key[0] != 0 and threads.holding_after()
+        others = not alone and sw.key[0] != 0 and threads.holding_after(sw.key[0])
         if others:
             self.restore()
             raise PrivilegeError(
-                f"the switch was undone: as uid {sw.key[0]}, {others}. The kernel keeps a thread's effective "
-                "capabilities when the C library changes its uids under SECBIT_NO_SETUID_FIXUP (securebits are "
-                "per thread), and a switch can lower only its own thread's: use Switcher(scope='thread'), or "
-                "switch before starting threads"
+                f"the switch was undone: as uid {sw.key[0]}, {others}. A switch can lower only its own "
+                "thread's capabilities: use Switcher(scope='thread'), or switch before starting threads"
             )
         # Read back in full when the plan cannot say (switch results carry no securebits).
         return sw.reached or current_identity(self.engine)
@@ -1066,9 +1064,8 @@ def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
     privilege.  Without /proc only a single-threaded process can be vouched
     for.
     """
-    try:
-        tids = os.listdir("/proc/self/task")
-    except OSError:
+    found = threads.others()
+    if found is None:
         import threading
 
         if threading.active_count() > 1:
@@ -1076,30 +1073,24 @@ def _check_every_thread(uid: int, gid: int, groups: tuple[int, ...]) -> None:
                 "cannot check that the other threads dropped too (/proc/self/task is not readable); exit now"
             ) from None
         return
-    for tid in tids:
-        try:
-            with open(f"/proc/self/task/{tid}/status") as f:
-                status = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue  # the thread has exited meanwhile
+    for tid, status in found:
         uids = [int(x) for x in status["Uid"].split()]
         gids = [int(x) for x in status["Gid"].split()]
         held = {int(x) for x in status.get("Groups", "").split()}
         caps = [int(status[k], 16) for k in ("CapPrm", "CapEff", "CapAmb") if k in status]
-        name = status.get("Name", "").strip()
         if any(u != uid for u in uids) or any(g != gid for g in gids) or held != set(groups):
             raise VerificationError(
-                f"after the permanent drop, thread {tid} ({name!r}) still holds uids {uids}, gids {gids}, groups "
-                f"{sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: the drop's calls did not reach "
-                "that thread; exit now"
+                f"after the permanent drop, thread {threads.label(tid, status)} still holds uids {uids}, gids "
+                f"{gids}, groups {sorted(held)}, CapPrm/CapEff/CapAmb {[hex(c) for c in caps]}: the drop's calls "
+                "did not reach that thread; exit now"
             )
         if any(caps):
             names = ("CapPrm", "CapEff", "CapAmb")
             raise VerificationError(
-                f"after the permanent drop, thread {tid} ({name!r}) holds the dropped ids (uids {uid}, gids {gid}, "
-                f"{'groups ' + ','.join(map(str, sorted(held))) if held else 'no groups'}) but still holds "
-                f"capabilities ({' '.join(f'{n}={c:#x}' for n, c in zip(names, caps))}): the kernel kept them for "
-                "that thread (PR_SET_KEEPCAPS or a securebit set in it); exit now"
+                f"after the permanent drop, thread {threads.label(tid, status)} holds the dropped ids (uids {uid}, "
+                f"gids {gid}, {'groups ' + ','.join(map(str, sorted(held))) if held else 'no groups'}) but still "
+                f"holds capabilities ({' '.join(f'{n}={c:#x}' for n, c in zip(names, caps))}): the kernel kept "
+                "them for that thread (PR_SET_KEEPCAPS or a securebit set in it); exit now"
             )
 
 

@@ -33,12 +33,12 @@ import threading
 
 from uidprobe.trust import cap_names
 
-__all__ = ["alone", "holding_after", "problem_before", "status"]
+__all__ = ["alone", "holding_after", "others", "problem_before", "status"]
 
 _LINUX = sys.platform.startswith("linux")
 #: CAP_SETGID and CAP_SETUID (linux/capability.h).
 _CAP_SETID = 1 << 6 | 1 << 7
-_FIELDS = (b"Uid", b"Gid", b"Groups", b"CapEff", b"CapPrm", b"CapAmb")
+_FIELDS = (b"Name", b"Uid", b"Gid", b"Groups", b"CapEff", b"CapPrm", b"CapAmb")
 #: How many threads a refusal names.
 _NAMED = 3
 
@@ -83,7 +83,7 @@ def status(tid: int | str) -> dict[str, str] | None:
     return found
 
 
-def _others() -> list[tuple[str, dict[str, str]]] | None:
+def others() -> list[tuple[str, dict[str, str]]] | None:
     """Every other thread's status (None: /proc cannot be read)."""
     me = str(threading.get_native_id())
     try:
@@ -118,15 +118,15 @@ def problem_before(uid: int, *, permanent: bool = False) -> str | None:
     effective uid ``uid`` (see the module's documentation), or None.  Only
     where not ``alone()``.  A ``permanent`` drop needs only the ids and the
     calls: the kernel then empties every thread's sets itself."""
-    others = _others()
+    found = others()
     me = status(threading.get_native_id())
-    if others is None or me is None:
+    if found is None or me is None:
         return _unreadable()
     problems = []
-    for tid, st in others:
+    for tid, st in found:
         why = _why_not(st, me, uid, permanent)
         if why:
-            problems.append(f"thread {tid} {why}")
+            problems.append(f"thread {label(tid, st)} {why}")
     return _named(problems)
 
 
@@ -156,16 +156,29 @@ def _why_not(st: dict[str, str], me: dict[str, str], uid: int, permanent: bool) 
     return None
 
 
-def holding_after() -> str | None:
-    """After a process-scope switch to a user other than root: which other
-    threads still hold an effective or ambient capability, or None.  Only
-    where not ``alone()`` before the switch."""
-    others = _others()
-    if others is None:
+def label(tid: str, st: dict[str, str]) -> str:
+    """``25781 ('qemu-s390x-stat')``: a thread as a refusal names it."""
+    return f"{tid} ({st.get('Name', '')!r})"
+
+
+def holding_after(uid: int) -> str | None:
+    """After a process-scope switch to effective uid ``uid`` (not root):
+    which other threads still hold an effective or ambient capability, and
+    why, or None.  Only where not ``alone()`` before the switch."""
+    found = others()
+    if found is None:
         return _unreadable()
     problems = []
-    for tid, st in others:
+    for tid, st in found:
         eff, amb = int(st.get("CapEff", "0"), 16), int(st.get("CapAmb", "0"), 16)
         if eff or amb:
-            problems.append(f"thread {tid} still held CapEff={eff:#x}" + (f", CapAmb={amb:#x}" if amb else ""))
+            held = f"thread {label(tid, st)} still held CapEff={eff:#x}" + (f", CapAmb={amb:#x}" if amb else "")
+            if str(uid) not in st.get("Uid", "").split()[1:2]:
+                held += (
+                    f" and uids {st.get('Uid')}: the C library never changed its ids (a thread it does not know: "
+                    "an emulator's own, as under qemu-user, or one started by a raw clone)"
+                )
+            else:
+                held += ": the kernel kept its effective set (SECBIT_NO_SETUID_FIXUP set in that thread)"
+            problems.append(held)
     return _named(problems)
