@@ -150,11 +150,14 @@ def drop_permitted(mask):
     assert libc.capset(ctypes.byref(h), d) == 0
 
 sw = Switcher({values!r})
-go, done = threading.Event(), threading.Event()
+# Each phase has an event of its own: one event cleared and set again
+# between phases would race (the worker's clear after the main thread's set).
+ready, go, done, finish = (threading.Event() for _ in range(4))
 out = {{}}
 def worker():
 {worker}
     out["worker_before"] = status_caps()
+    ready.set()  # measured before the switch, not while the main thread is switched
     go.wait()
     try:
         sw.restore()
@@ -163,11 +166,11 @@ def worker():
         out["error"] = f"{{type(e).__name__}}: {{e}}"
     out["worker_uids"] = os.getresuid()
     done.set()
-    go.clear()
-    go.wait()
+    finish.wait()
     out["worker_after"] = status_caps()
 t = threading.Thread(target=worker)
 t.start()
+ready.wait()
 {setup}
 before = [status_caps(), capget_sets(), os.getresuid()]
 sw.become(1000, 1000)
@@ -178,7 +181,7 @@ out["main_after_worker"] = status_caps()
 if sw.switched:
     sw.restore()
 out["main_same"] = [status_caps(), capget_sets(), os.getresuid()] == before
-go.set()
+finish.set()
 t.join()
 out["tid"] = threading.get_native_id()
 print(json.dumps(out))
